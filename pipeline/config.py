@@ -1,0 +1,98 @@
+"""One settings object, read once at start-up and passed down.
+
+Environment variables use the ``DOCPIPE_`` prefix (nested with ``__``, e.g.
+``DOCPIPE_EMBED__BACKEND=torch-bf16``); the standard ``DATABASE_URL`` and
+``REDIS_URL`` are accepted as they are.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Literal
+
+from pydantic import AliasChoices, BaseModel, Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEFAULT_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
+
+EmbedBackend = Literal["auto", "torch-fp32", "torch-bf16", "torch-fp16", "onnx", "onnx-int8"]
+Device = Literal["auto", "cpu", "cuda"]
+
+
+def default_data_dir() -> Path:
+    """Where the embedded stack keeps Postgres data, the broker dump and model caches."""
+    base = os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share"
+    return Path(base) / "docpipe"
+
+
+class ParseLimits(BaseModel):
+    """Limits on one document's parse, enforced in a sandboxed child process."""
+
+    max_bytes: int = 256 * 1024 * 1024  # bytes; larger files fail as too large at ingest
+    max_pages: int = 10_000  # pages; longer PDFs fail as too large
+    timeout_s: float = 120.0  # wall seconds for the whole parse
+    memory_mb: int = 3072  # address-space limit of the parser child, MiB
+
+
+class TokenChunker(BaseModel):
+    """Token-aware chunking with the embedding model's own tokenizer."""
+
+    implementation: Literal["token"] = "token"
+    max_tokens: int = 256  # tokens per chunk, clipped to the model's max sequence length
+    overlap_tokens: int = 32  # tokens repeated from the previous chunk
+
+
+class EmbedConfig(BaseModel):
+    """The embedding model and how it runs."""
+
+    model: str = DEFAULT_MODEL  # Hugging Face id or local sentence-transformers directory
+    backend: EmbedBackend = "auto"
+    device: Device = "auto"
+    max_batch_tokens: int = 16_384  # padded tokens claimed per batch from the database
+    micro_batch_tokens: int = 8_192  # padded tokens per forward pass (halved on CUDA OOM)
+    trust_remote_code: bool = False
+
+
+class RerankConfig(BaseModel):
+    """The cross-encoder used when a search asks for reranking."""
+
+    model: str = "cross-encoder/ms-marco-MiniLM-L-6-v2"  # Hugging Face id or local directory
+    device: Device = "auto"
+    max_length: int = 512  # tokens per (query, passage) pair
+    candidates: int = 50  # ANN candidates sent to the reranker
+    trust_remote_code: bool = False
+
+
+class WorkerConfig(BaseModel):
+    """Leases, retries and time limits shared by the workers."""
+
+    lease_s: int = 300  # seconds a claimed document or chunk stays leased
+    max_attempts: int = 3  # tries before a document fails for good
+    task_soft_time_limit_s: int = 600
+    task_time_limit_s: int = 900
+    sweep_interval_s: int = 30  # how often the sweeper re-enqueues stale work
+    parse_concurrency: int = 0  # parse processes; 0 means one per core
+
+
+class Settings(BaseSettings):
+    """All of docpipe's configuration."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="DOCPIPE_", env_nested_delimiter="__", extra="ignore", populate_by_name=True
+    )
+
+    database_url: str | None = Field(
+        default=None, validation_alias=AliasChoices("DATABASE_URL", "DOCPIPE_DATABASE_URL")
+    )
+    redis_url: str | None = Field(
+        default=None, validation_alias=AliasChoices("REDIS_URL", "DOCPIPE_REDIS_URL")
+    )
+    data_dir: Path = Field(default_factory=default_data_dir)
+    default_collection: str = "default"
+
+    parse: ParseLimits = ParseLimits()
+    chunk: TokenChunker = TokenChunker()
+    embed: EmbedConfig = EmbedConfig()
+    rerank: RerankConfig = RerankConfig()
+    worker: WorkerConfig = WorkerConfig()

@@ -1,0 +1,42 @@
+"""Plain data passed between stages: parsed pages and blocks, and chunks."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True, slots=True)
+class Block:
+    """A run of text on one page, in reading order.
+
+    ``heading_path`` is the chain of headings the block sits under, outermost
+    first (empty when the format exposes none). ``is_heading`` marks a block
+    that is itself a heading.
+    """
+
+    text: str
+    page: int  # 1-based page number; 1 for formats without pages
+    heading_path: tuple[str, ...] = ()
+    is_heading: bool = False
+
+
+@dataclass(slots=True)
+class ParsedDocument:
+    """What a parser returns: blocks in reading order plus the page count."""
+
+    blocks: list[Block]
+    page_count: int
+    title: str | None = None
+    warnings: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True, slots=True)
+class Chunk:
+    """A piece of a document sized for the embedding model (token counts use its tokenizer)."""
+
+    ordinal: int
+    text: str
+    token_count: int
+    page_start: int
+    page_end: int
+    heading_path: tuple[str, ...] = ()
