@@ -89,6 +89,7 @@ class Settings(BaseSettings):
         default=None, validation_alias=AliasChoices("REDIS_URL", "DOCPIPE_REDIS_URL")
     )
     data_dir: Path = Field(default_factory=default_data_dir)
+    model_cache: Path | None = None  # exported/quantised models and backend choices; default <data_dir>/models
     default_collection: str = "default"
 
     parse: ParseLimits = ParseLimits()
@@ -96,3 +97,25 @@ class Settings(BaseSettings):
     embed: EmbedConfig = EmbedConfig()
     rerank: RerankConfig = RerankConfig()
     worker: WorkerConfig = WorkerConfig()
+
+    @property
+    def model_cache_dir(self) -> Path:
+        return self.model_cache or self.data_dir / "models"
+
+
+def settings_env(settings: Settings) -> dict[str, str]:
+    """Environment variables that reproduce `settings` in a child process."""
+    env: dict[str, str] = {}
+    for name, value in settings.model_dump(exclude={"database_url", "redis_url"}).items():
+        if value is None:
+            continue
+        if isinstance(value, dict):
+            for sub, subvalue in value.items():
+                env[f"DOCPIPE_{name.upper()}__{sub.upper()}"] = str(subvalue)
+        else:
+            env[f"DOCPIPE_{name.upper()}"] = str(value)
+    if settings.database_url:
+        env["DATABASE_URL"] = settings.database_url
+    if settings.redis_url:
+        env["REDIS_URL"] = settings.redis_url
+    return env

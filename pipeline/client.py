@@ -1,0 +1,308 @@
+"""The Python API: ingest documents, follow their progress, search them."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import text
+
+from docpipe import store
+from docpipe.config import Settings
+from docpipe.db import make_engine, make_sessionmaker, resolve_database_url
+from docpipe.errors import ConfigError
+from docpipe.loading import collect_files, read_document
+from docpipe.models import FINAL_STATES
+from docpipe.search import Hit, SearchMode, search_candidates
+from docpipe.task_queue import TaskQueue, load_task_queue
+
+__all__ = ["Client", "FailedDocument", "Hit", "Job"]
+
+INGEST_TX_BYTES = 256 * 2**20  # bytes stored per transaction before its documents are enqueued
+
+
+@dataclass
+class Job:
+    """Documents of one `ingest` call. `created` were new; the rest already existed (same bytes)."""
+
+    client: Client
+    collection: str
+    document_ids: list[int]
+    created: int = 0
+    skipped: int = 0  # unsupported files found while walking directories
+    enqueue_s: float = 0.0  # seconds spent storing and enqueueing
+
+    def counts(self) -> dict[str, int]:
+        """Documents of this job per state."""
+        with self.client.sessions.begin() as session:
+            return store.state_counts(session, self.document_ids)
+
+    def done(self) -> bool:
+        counts = self.counts()
+        return sum(counts.get(s, 0) for s in FINAL_STATES) >= len(set(self.document_ids))
+
+    def wait(self, *, progress: bool = False, timeout_s: float | None = None, poll_s: float = 0.5) -> dict[str, int]:
+        """Block until every document is `ready` or `failed`; returns counts per state."""
+        total = len(set(self.document_ids))
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        bar = _progress_bar(total) if progress else None
+        try:
+            while True:
+                counts = self.counts()
+                finished = sum(counts.get(s, 0) for s in FINAL_STATES)
+                if bar is not None:
+                    bar.update(finished, counts)
+                if finished >= total:
+                    return counts
+                if deadline is not None and time.monotonic() > deadline:
+                    raise TimeoutError(f"{total - finished} of {total} documents not finished: {counts}")
+                time.sleep(poll_s)
+        finally:
+            if bar is not None:
+                bar.close()
+
+
+class _progress_bar:
+    """A rich progress bar over documents finished."""
+
+    def __init__(self, total: int) -> None:
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+        self.progress = Progress(
+            TextColumn("[bold]ingest"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+            TextColumn("{task.fields[states]}"), transient=False,
+        )  # fmt: skip
+        self.task = self.progress.add_task("ingest", total=total, states="")
+        self.progress.start()
+
+    def update(self, finished: int, counts: dict[str, int]) -> None:
+        states = " ".join(f"{k}={v}" for k, v in sorted(counts.items()))
+        self.progress.update(self.task, completed=finished, states=states)
+
+    def close(self) -> None:
+        self.progress.stop()
+
+
+@dataclass
+class FailedDocument:
+    id: int
+    collection: str
+    source: str
+    reason: str | None
+    attempts: int
+    updated_at: Any = field(default=None)
+
+
+class Client:
+    """Enqueue documents and search them.
+
+    ``Client()`` finds the database and broker from ``DATABASE_URL``/``REDIS_URL``
+    or the running ``docpipe up`` stack.
+    """
+
+    def __init__(
+        self,
+        database_url: str | None = None,
+        redis_url: str | None = None,
+        *,
+        settings: Settings | None = None,
+        task_queue: TaskQueue | None = None,
+    ) -> None:
+        settings = settings or Settings()
+        updates = {k: v for k, v in (("database_url", database_url), ("redis_url", redis_url)) if v}
+        self.settings = settings.model_copy(update=updates)
+        self.engine = make_engine(resolve_database_url(self.settings))
+        self.sessions = make_sessionmaker(self.engine)
+        self._task_queue = task_queue
+        self._embedders: dict[str, Any] = {}
+
+    @property
+    def task_queue(self) -> TaskQueue:
+        if self._task_queue is None:
+            self._task_queue = load_task_queue(self.settings)
+        return self._task_queue
+
+    # --- ingest -------------------------------------------------------------
+
+    def ingest(
+        self,
+        paths: str | Path | Iterable[str | Path],
+        *,
+        collection: str | None = None,
+        metadata: dict[str, Any] | None = None,
+    ) -> Job:
+        """Store files (bytes + sha256) and enqueue them for parsing; same bytes again are a no-op."""
+        collection = collection or self.settings.default_collection
+        if isinstance(paths, (str, Path)):
+            paths = [paths]
+        started = time.perf_counter()
+        entries, skipped = collect_files(paths, max_bytes=self.settings.parse.max_bytes)
+        coll = self._ensure_collection(collection)
+        job = Job(self, collection, [], skipped=skipped)
+        batch: list[store.NewDocument] = []
+        batch_bytes = 0
+        for entry in entries:
+            content, digest = read_document(entry)
+            batch.append(store.NewDocument(str(entry.path.resolve()), digest, entry.media_type, content,
+                                           entry.size, dict(metadata or {}), entry.problem))  # fmt: skip
+            batch_bytes += len(content)
+            if batch_bytes >= INGEST_TX_BYTES or len(batch) >= 1000:
+                self._store_and_enqueue(coll.id, batch, job)
+                batch, batch_bytes = [], 0
+        if batch:
+            self._store_and_enqueue(coll.id, batch, job)
+        job.enqueue_s = time.perf_counter() - started
+        return job
+
+    def _ensure_collection(self, name: str) -> store.CollectionInfo:
+        with self.sessions.begin() as session:
+            if (found := store.get_collection(session, name)) is not None:
+                return found
+        model = self.settings.embed.model
+        dim = self.embedder(model).dim
+        with self.sessions.begin() as session:
+            return store.ensure_collection(session, name, model=model, dim=dim)
+
+    def _store_and_enqueue(self, collection_id: int, docs: list[store.NewDocument], job: Job) -> None:
+        with self.sessions.begin() as session:  # committed before any message is sent
+            rows = store.insert_documents(session, collection_id, docs)
+        new_ids = [doc_id for (doc_id, created), doc in zip(rows, docs, strict=True)
+                   if created and doc.failed_reason is None]  # fmt: skip
+        job.document_ids.extend(doc_id for doc_id, _ in rows)
+        job.created += sum(created for _, created in rows)
+        if new_ids:
+            self.task_queue.enqueue_parse(new_ids)
+
+    # --- search -------------------------------------------------------------
+
+    def embedder(self, model: str):
+        """The query-side embedder of `model`, loaded once per client."""
+        if model not in self._embedders:
+            from docpipe.embed import load_embedder
+
+            cfg = self.settings.embed.model_copy(update={"model": model})
+            self._embedders[model] = load_embedder(cfg, cache_dir=self.settings.model_cache_dir)
+        return self._embedders[model]
+
+    def search(
+        self,
+        query: str,
+        *,
+        collection: str | None = None,
+        k: int = 10,
+        rerank: bool = False,
+        mode: SearchMode = "hybrid",
+        where: dict[str, Any] | None = None,
+        timeout_s: float = 60.0,
+    ) -> list[Hit]:
+        """Top `k` chunks for `query`; `where` filters on document metadata (JSON containment)."""
+        if not query.strip():
+            raise ValueError("empty query")
+        if k < 1:
+            raise ValueError("k must be at least 1")
+        collection = collection or self.settings.default_collection
+        with self.sessions.begin() as session:
+            coll = store.get_collection(session, collection)
+        if coll is None:
+            raise ConfigError(f"unknown collection: {collection!r}")
+        query_vec = None if mode == "text" else self.embedder(coll.model).embed_query(query)
+        n = max(k, self.settings.rerank.candidates) if rerank else k
+        with self.sessions.begin() as session:
+            hits = search_candidates(
+                session, query=query, query_vec=query_vec, collection=collection, k=n, mode=mode, where=where
+            )
+        if not rerank or not hits:
+            return hits[:k]
+        scored = self.task_queue.rerank(query, [h.chunk_id for h in hits], timeout_s=timeout_s)
+        by_id = {h.chunk_id: h for h in hits}
+        out = []
+        for cid, score in scored[:k]:
+            hit = by_id[cid]
+            hit.score = score
+            out.append(hit)
+        return out
+
+    # --- operations -----------------------------------------------------------
+
+    def status(self, collection: str | None = None) -> dict[str, Any]:
+        """Documents per state, chunk and embedding counts, pending chunks; per collection."""
+        with self.sessions.begin() as session:
+            rows = session.execute(
+                text(
+                    "SELECT c.name, m.name AS model, "
+                    "  (SELECT json_object_agg(state, n) FROM (SELECT state, count(*) n FROM documents "
+                    "     WHERE collection_id = c.id GROUP BY state) s) AS states, "
+                    "  (SELECT count(*) FROM chunks ch JOIN documents d ON d.id = ch.document_id "
+                    "     WHERE d.collection_id = c.id) AS chunks, "
+                    "  (SELECT count(*) FROM embeddings e JOIN chunks ch ON ch.id = e.chunk_id "
+                    "     JOIN documents d ON d.id = ch.document_id "
+                    "     WHERE d.collection_id = c.id AND e.model_id = c.model_id) AS embeddings "
+                    "FROM collections c JOIN embedding_models m ON m.id = c.model_id "
+                    "WHERE CAST(:c AS text) IS NULL OR c.name = :c ORDER BY c.name"
+                ),
+                {"c": collection},
+            ).all()
+        return {
+            r.name: {"model": r.model, "documents": r.states or {}, "chunks": r.chunks, "embeddings": r.embeddings}
+            for r in rows
+        }
+
+    def failed(self, collection: str | None = None, *, limit: int = 1000) -> list[FailedDocument]:
+        """Failed documents with their reasons, newest first."""
+        with self.sessions.begin() as session:
+            rows = session.execute(
+                text(
+                    "SELECT d.id, c.name, d.source, d.last_error, d.attempts, d.updated_at FROM documents d "
+                    "JOIN collections c ON c.id = d.collection_id WHERE d.state = 'failed' "
+                    "AND (CAST(:c AS text) IS NULL OR c.name = :c) ORDER BY d.updated_at DESC, d.id LIMIT :l"
+                ),
+                {"c": collection, "l": limit},
+            ).all()
+        return [FailedDocument(*r) for r in rows]
+
+    def retry_failed(self, collection: str | None = None, ids: Sequence[int] | None = None) -> int:
+        """Queue failed documents again with a fresh attempt count; returns how many."""
+        with self.sessions.begin() as session:
+            retried = list(
+                session.execute(
+                    text(
+                        "UPDATE documents d SET state = 'queued', attempts = 0, lease_until = NULL, "
+                        "updated_at = now() FROM collections c WHERE c.id = d.collection_id "
+                        "AND d.state = 'failed' AND octet_length(d.content) > 0 "
+                        "AND (CAST(:c AS text) IS NULL OR c.name = :c) "
+                        "AND (CAST(:ids AS bigint[]) IS NULL OR d.id = ANY(:ids)) RETURNING d.id"
+                    ),
+                    {"c": collection, "ids": list(ids) if ids is not None else None},
+                ).scalars()
+            )
+        if retried:
+            self.task_queue.enqueue_parse(retried)
+        return len(retried)
+
+    def purge_failed(self, collection: str | None = None) -> int:
+        """Delete failed documents (so the same bytes can be ingested again); returns how many."""
+        with self.sessions.begin() as session:
+            return int(
+                session.execute(
+                    text(
+                        "DELETE FROM documents d USING collections c WHERE c.id = d.collection_id "
+                        "AND d.state = 'failed' AND (CAST(:c AS text) IS NULL OR c.name = :c)"
+                    ),
+                    {"c": collection},
+                ).rowcount
+                or 0
+            )
+
+    def close(self) -> None:
+        if self._task_queue is not None:
+            self._task_queue.close()
+        self.engine.dispose()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -1,0 +1,153 @@
+"""The pipeline's stage functions: parse+chunk one document, embed pending chunks.
+
+Each takes its collaborators (session factory, parser, embedder) as keyword
+arguments and owns its transactions: a short one to claim, none while the
+parser or the model runs, a short one to write.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+
+from sqlalchemy.orm import Session, sessionmaker
+
+from docpipe import store
+from docpipe.chunk import chunk_blocks
+from docpipe.config import Settings
+from docpipe.errors import PermanentError, RetryableError
+from docpipe.parse import SandboxedParser
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ChunkTokenizer:
+    """The embedding model's tokenizer and the content budget of one chunk (tokens)."""
+
+    tokenizer: object  # tokenizers.Tokenizer
+    max_tokens: int
+
+
+@lru_cache(maxsize=8)
+def chunk_tokenizer(model: str, cache_dir: Path, max_tokens: int) -> ChunkTokenizer:
+    """Load only the tokenizer of `model` (no weights); cap chunks at its max sequence length."""
+    from tokenizers import Tokenizer
+
+    from docpipe.embed.st_config import read_st_config, resolve_model_dir
+
+    model_dir = resolve_model_dir(model, cache_dir=cache_dir)
+    tok = Tokenizer.from_file(str(model_dir / "tokenizer.json"))
+    tok.no_truncation()
+    tok.no_padding()
+    special = len(tok.encode("", add_special_tokens=True).ids)
+    limit = read_st_config(model_dir).max_seq_length - special
+    return ChunkTokenizer(tok, max(8, min(max_tokens, limit)))
+
+
+@dataclass
+class ParseOutcome:
+    document_id: int
+    state: str  # new state, or "skipped" when the document was not ours to parse
+    model: str | None = None
+    chunks: int = 0
+    reason: str | None = None
+
+
+def parse_document(
+    document_id: int,
+    *,
+    sessions: sessionmaker[Session],
+    parser: SandboxedParser,
+    settings: Settings,
+    tokenizer_for: Callable[[str], ChunkTokenizer] | None = None,
+) -> ParseOutcome:
+    """Claim, parse (sandboxed), chunk and store one document.
+
+    Permanent errors fail the document with their message as the reason;
+    retryable ones put it back to `queued` and propagate, until the attempt
+    limit fails it for good.
+    """
+    tokenizer_for = tokenizer_for or (
+        lambda m: chunk_tokenizer(m, settings.model_cache_dir, settings.chunk.max_tokens)
+    )
+    with sessions.begin() as session:
+        doc = store.claim_for_parse(session, document_id, lease_s=settings.worker.lease_s)
+    if doc is None:
+        return ParseOutcome(document_id, "skipped")
+    try:
+        parsed = parser.parse(doc.content, doc.media_type)
+        tok = tokenizer_for(doc.model)
+        chunks = chunk_blocks(
+            parsed.blocks, tok.tokenizer, max_tokens=tok.max_tokens,
+            overlap_tokens=min(settings.chunk.overlap_tokens, tok.max_tokens // 2),
+        )  # fmt: skip
+    except PermanentError as err:
+        with sessions.begin() as session:
+            store.fail_document(session, doc.id, str(err))
+        return ParseOutcome(doc.id, "failed", reason=str(err))
+    except RetryableError as err:
+        with sessions.begin() as session:
+            if doc.attempts >= settings.worker.max_attempts:
+                store.fail_document(session, doc.id, f"{err} (after {doc.attempts} attempts)")
+                return ParseOutcome(doc.id, "failed", reason=str(err))
+            store.release_for_retry(session, doc.id, str(err))
+        raise
+    with sessions.begin() as session:
+        state = store.save_chunks(session, doc, chunks, page_count=parsed.page_count)
+    return ParseOutcome(doc.id, state, model=doc.model, chunks=len(chunks))
+
+
+@dataclass
+class EmbedStats:
+    """What one drain of the embed queue did; times in seconds."""
+
+    chunks: int = 0
+    tokens: int = 0
+    batches: int = 0
+    documents_ready: int = 0
+    forward_s: float = 0.0
+    db_s: float = 0.0
+    batch_sizes: list[int] = field(default_factory=list)
+
+
+def embed_pending(
+    model: str,
+    *,
+    sessions: sessionmaker[Session],
+    embed: Callable[[list[str]], object],
+    settings: Settings,
+    max_batches: int | None = None,
+) -> EmbedStats:
+    """Embed pending chunks of `model` across all documents until none is left."""
+    stats = EmbedStats()
+    with sessions.begin() as session:
+        found = store.model_row(session, model)
+    if found is None:
+        return stats
+    model_id, _dim = found
+    while max_batches is None or stats.batches < max_batches:
+        t0 = time.perf_counter()
+        with sessions.begin() as session:
+            batch = store.claim_pending_chunks(
+                session, model_id, max_tokens=settings.embed.max_batch_tokens, lease_s=settings.worker.lease_s
+            )
+        stats.db_s += time.perf_counter() - t0
+        if not batch:
+            break
+        t1 = time.perf_counter()
+        vectors = embed([c.text for c in batch])
+        t2 = time.perf_counter()
+        with sessions.begin() as session:
+            stats.documents_ready += store.write_embeddings(session, model_id, [c.chunk_id for c in batch], vectors)
+        stats.db_s += time.perf_counter() - t2
+        stats.forward_s += t2 - t1
+        stats.chunks += len(batch)
+        stats.tokens += sum(c.token_count for c in batch)
+        stats.batches += 1
+        stats.batch_sizes.append(len(batch))
+    return stats

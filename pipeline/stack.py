@@ -1,0 +1,197 @@
+"""`docpipe up`: the whole stack on one machine, as child processes.
+
+Postgres+pgvector and a Redis-compatible broker from wheels (unless
+``DATABASE_URL``/``REDIS_URL`` point at real servers), the Alembic migrations,
+a parse worker, an embed+rerank worker and the sweeper's beat. Children that
+die are restarted; SIGINT/SIGTERM stops them all, workers first.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from docpipe.config import Settings, settings_env
+from docpipe.db import StackInfo, migrate, normalize_pg_url
+from docpipe.errors import ConfigError
+from docpipe.services import EmbeddedPostgres, EmbeddedRedis, free_port, stop_process
+
+log = logging.getLogger(__name__)
+
+DEFAULT_PG_PORT = 54329
+DEFAULT_REDIS_PORT = 56379
+CELERY_APP = "docpipe.workers.app"
+
+
+@dataclass
+class WorkerSpec:
+    """One child process of the stack."""
+
+    name: str
+    args: list[str]
+    proc: subprocess.Popen | None = None
+    restarts: int = 0
+
+
+def worker_args(queues: str, *, name: str, pool: str, concurrency: int, loglevel: str = "INFO") -> list[str]:
+    """argv of a Celery worker over `queues` (comma-separated)."""
+    return [sys.executable, "-m", "celery", "-A", CELERY_APP, "worker", "-Q", queues, "-n", f"{name}@%h",
+            "--pool", pool, "--concurrency", str(concurrency), "--loglevel", loglevel,
+            "--without-gossip", "--without-mingle"]  # fmt: skip
+
+
+def default_workers(settings: Settings) -> list[WorkerSpec]:
+    cores = len(os.sched_getaffinity(0))
+    parse_n = settings.worker.parse_concurrency or cores
+    beat_schedule = settings.data_dir / "celerybeat-schedule"
+    return [
+        WorkerSpec("parse", worker_args("parse", name="parse", pool="prefork", concurrency=parse_n)),
+        # threads: an embed drain and a rerank request run side by side in one process, one model copy each
+        WorkerSpec("embed", worker_args("embed,rerank", name="embed", pool="threads", concurrency=2)),
+        WorkerSpec("beat", [sys.executable, "-m", "celery", "-A", CELERY_APP, "beat", "-s", str(beat_schedule),
+                            "--loglevel", "WARNING"]),  # fmt: skip
+    ]
+
+
+@dataclass
+class Stack:
+    """The embedded stack. `start()` returns once every server is up and migrated."""
+
+    settings: Settings
+    with_workers: bool = True
+    redis_persist: bool = True
+    workers: list[WorkerSpec] = field(default_factory=list)
+    postgres: EmbeddedPostgres | None = None
+    redis: EmbeddedRedis | None = None
+    database_url: str = ""
+    redis_url: str = ""
+
+    @property
+    def log_dir(self) -> Path:
+        return self.settings.data_dir / "logs"
+
+    def start(self) -> None:
+        data = self.settings.data_dir
+        data.mkdir(parents=True, exist_ok=True)
+        previous = StackInfo.read(data)
+        if previous is not None and previous.alive() and previous.pid != os.getpid():
+            raise ConfigError(f"a docpipe stack (pid {previous.pid}) already runs on {data}; stop it first")
+        try:
+            self._start_servers(previous)
+            migrate(self.database_url)
+            StackInfo(self.database_url, self.redis_url, os.getpid()).write(data)
+            if self.with_workers:
+                self.workers = default_workers(self.settings)
+                for spec in self.workers:
+                    self._spawn(spec)
+        except BaseException:
+            self.stop()
+            raise
+
+    def _start_servers(self, previous: StackInfo | None) -> None:
+        s = self.settings
+        if s.database_url:
+            self.database_url = normalize_pg_url(s.database_url)
+        else:
+            port = _port_of(previous.database_url if previous else None, DEFAULT_PG_PORT)
+            self.postgres = EmbeddedPostgres(s.data_dir / "postgres", free_port(port))
+            self.postgres.start()
+            self.database_url = self.postgres.url
+        if s.redis_url:
+            self.redis_url = s.redis_url
+        else:
+            port = _port_of(previous.redis_url if previous else None, DEFAULT_REDIS_PORT)
+            self.redis = EmbeddedRedis(s.data_dir / "redis", free_port(port), persist=self.redis_persist)
+            self.redis.start()
+            self.redis_url = self.redis.url
+
+    def child_env(self) -> dict[str, str]:
+        env = dict(os.environ)
+        env.update(settings_env(self.settings))
+        env.update(DATABASE_URL=self.database_url, REDIS_URL=self.redis_url, PYTHONUNBUFFERED="1")
+        return env
+
+    def _spawn(self, spec: WorkerSpec) -> None:
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        with open(self.log_dir / f"{spec.name}.log", "ab") as out:
+            spec.proc = subprocess.Popen(
+                spec.args, stdout=out, stderr=subprocess.STDOUT, env=self.child_env(), start_new_session=True
+            )
+        log.info("started %s worker (pid %s)", spec.name, spec.proc.pid)
+
+    def worker(self, name: str) -> WorkerSpec:
+        return next(w for w in self.workers if w.name == name)
+
+    def restart_worker(self, name: str) -> None:
+        spec = self.worker(name)
+        if spec.proc is not None:
+            stop_process(spec.proc, timeout_s=30)
+        spec.restarts += 1
+        self._spawn(spec)
+
+    def supervise_once(self) -> list[str]:
+        """Restart children that died; returns their names."""
+        dead = [w for w in self.workers if w.proc is not None and w.proc.poll() is not None]
+        for spec in dead:
+            log.warning("%s worker exited with %s; restarting", spec.name, spec.proc.returncode)
+            spec.restarts += 1
+            self._spawn(spec)
+        return [w.name for w in dead]
+
+    def run_forever(self, *, poll_s: float = 1.0) -> None:
+        """Supervise until SIGINT/SIGTERM, then stop everything."""
+        stopping = False
+
+        def _stop(signum: int, _frame: object) -> None:
+            nonlocal stopping
+            stopping = True
+
+        old = {sig: signal.signal(sig, _stop) for sig in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            while not stopping:
+                self.supervise_once()
+                time.sleep(poll_s)
+        finally:
+            for sig, handler in old.items():
+                signal.signal(sig, handler)
+            self.stop()
+
+    def stop(self) -> None:
+        """Workers first (warm shutdown lets running tasks finish), then broker and database."""
+        for spec in self.workers:
+            if spec.proc is not None and spec.proc.poll() is None:
+                spec.proc.send_signal(signal.SIGTERM)
+        for spec in self.workers:
+            if spec.proc is not None:
+                stop_process(spec.proc, timeout_s=30)
+        info = StackInfo.read(self.settings.data_dir)
+        if info is not None and info.pid == os.getpid():
+            (self.settings.data_dir / "stack.json").unlink(missing_ok=True)
+        if self.redis is not None:
+            self.redis.stop()
+        if self.postgres is not None:
+            self.postgres.stop()
+
+    def __enter__(self) -> Stack:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def _port_of(url: str | None, default: int) -> int:
+    """The port in a previous run's URL (so clients' saved URLs stay valid), else `default`."""
+    if url:
+        from sqlalchemy.engine import make_url
+
+        port = make_url(url.replace("redis://", "postgresql://")).port
+        if port:
+            return int(port)
+    return default

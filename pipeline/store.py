@@ -1,0 +1,315 @@
+"""Database operations of the pipeline. The caller owns the session and its transaction.
+
+Every write here is idempotent under redelivery: claims are leases, inserts
+conflict on unique keys, and a state only moves forward from the state the
+caller claimed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from sqlalchemy import bindparam, text
+from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.orm import Session
+
+from docpipe.errors import ConfigError
+from docpipe.types import Chunk
+
+
+def _raw(session: Session):
+    """The psycopg connection under the session, for COPY."""
+    return session.connection().connection.driver_connection
+
+
+# --- models and collections --------------------------------------------------
+
+
+def ensure_model(session: Session, name: str, dim: int) -> int:
+    """The id of embedding model `name`, registering it and its HNSW index on first use."""
+    row = session.execute(text("SELECT id, dim FROM embedding_models WHERE name = :n"), {"n": name}).first()
+    if row is not None:
+        if row.dim != dim:
+            raise ConfigError(f"model {name} is registered with {row.dim} dimensions, not {dim}")
+        return int(row.id)
+    model_id = session.execute(
+        text(
+            "INSERT INTO embedding_models (name, dim) VALUES (:n, :d) "
+            "ON CONFLICT (name) DO UPDATE SET name = EXCLUDED.name RETURNING id"
+        ),
+        {"n": name, "d": dim},
+    ).scalar_one()
+    create_hnsw_index(session, int(model_id), dim)
+    return int(model_id)
+
+
+def create_hnsw_index(session: Session, model_id: int, dim: int) -> None:
+    """Partial HNSW cosine index for one model (identifiers are integers, never user text)."""
+    session.execute(
+        text(
+            f"CREATE INDEX IF NOT EXISTS embeddings_hnsw_m{int(model_id)} ON embeddings "
+            f"USING hnsw ((embedding::vector({int(dim)})) vector_cosine_ops) "
+            f"WHERE model_id = {int(model_id)}"
+        )
+    )
+
+
+@dataclass(frozen=True)
+class CollectionInfo:
+    id: int
+    name: str
+    model_id: int
+    model: str
+    dim: int
+
+
+def get_collection(session: Session, name: str) -> CollectionInfo | None:
+    row = session.execute(
+        text(
+            "SELECT c.id, c.name, c.model_id, m.name AS model, m.dim FROM collections c "
+            "JOIN embedding_models m ON m.id = c.model_id WHERE c.name = :n"
+        ),
+        {"n": name},
+    ).first()
+    return CollectionInfo(row.id, row.name, row.model_id, row.model, row.dim) if row else None
+
+
+def ensure_collection(session: Session, name: str, *, model: str, dim: int) -> CollectionInfo:
+    """Collection `name`, created bound to `model` when it does not exist yet."""
+    if (found := get_collection(session, name)) is not None:
+        return found
+    model_id = ensure_model(session, model, dim)
+    session.execute(
+        text("INSERT INTO collections (name, model_id) VALUES (:n, :m) ON CONFLICT (name) DO NOTHING"),
+        {"n": name, "m": model_id},
+    )
+    found = get_collection(session, name)
+    assert found is not None
+    return found
+
+
+# --- documents -----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class NewDocument:
+    source: str
+    sha256: bytes
+    media_type: str
+    content: bytes
+    size_bytes: int
+    metadata: dict[str, Any]
+    failed_reason: str | None = None  # stored straight as `failed` (unsupported, empty, too large)
+
+
+def insert_documents(session: Session, collection_id: int, docs: Sequence[NewDocument]) -> list[tuple[int, bool]]:
+    """Insert documents; returns (id, created) per input, existing bytes keep their row."""
+    insert = text(
+        "INSERT INTO documents (collection_id, source, sha256, media_type, size_bytes, content, metadata, "
+        "  state, last_error) "
+        "VALUES (:c, :source, :sha, :mt, :size, :content, :meta, "
+        "  CASE WHEN CAST(:err AS text) IS NULL THEN 'queued' ELSE 'failed' END, :err) "
+        "ON CONFLICT (collection_id, sha256) DO NOTHING RETURNING id"
+    ).bindparams(bindparam("meta", type_=JSONB))
+    out: list[tuple[int, bool]] = []
+    for doc in docs:
+        params = {"c": collection_id, "source": doc.source, "sha": doc.sha256, "mt": doc.media_type,
+                  "size": doc.size_bytes, "content": doc.content, "meta": doc.metadata, "err": doc.failed_reason}  # fmt: skip
+        new_id = session.execute(insert, params).scalar()
+        if new_id is not None:
+            out.append((int(new_id), True))
+        else:
+            existing = session.execute(
+                text("SELECT id FROM documents WHERE collection_id = :c AND sha256 = :sha"),
+                {"c": collection_id, "sha": doc.sha256},
+            ).scalar_one()
+            out.append((int(existing), False))
+    return out
+
+
+@dataclass(frozen=True)
+class ClaimedDocument:
+    id: int
+    collection_id: int
+    source: str
+    media_type: str
+    content: bytes
+    attempts: int
+    model_id: int
+    model: str
+
+
+def claim_for_parse(session: Session, document_id: int, *, lease_s: int) -> ClaimedDocument | None:
+    """Move a queued (or lease-expired parsing) document to `parsing`; None when not ours to parse."""
+    row = session.execute(
+        text(
+            "UPDATE documents d SET state = 'parsing', attempts = attempts + 1, "
+            "lease_until = now() + make_interval(secs => :lease), updated_at = now() "
+            "FROM collections c "
+            "WHERE d.id = :id AND c.id = d.collection_id AND (d.state = 'queued' "
+            "   OR (d.state = 'parsing' AND d.lease_until < now())) "
+            "RETURNING d.id, d.collection_id, d.source, d.media_type, d.content, d.attempts, "
+            "   c.model_id, (SELECT name FROM embedding_models WHERE id = c.model_id) AS model"
+        ),
+        {"id": document_id, "lease": lease_s},
+    ).first()
+    if row is None:
+        return None
+    return ClaimedDocument(row.id, row.collection_id, row.source, row.media_type, bytes(row.content),
+                           row.attempts, row.model_id, row.model)  # fmt: skip
+
+
+def save_chunks(session: Session, doc: ClaimedDocument, chunks: Sequence[Chunk], *, page_count: int) -> str:
+    """Replace the document's chunks, queue them for embedding; returns the new state."""
+    session.execute(text("DELETE FROM chunks WHERE document_id = :d"), {"d": doc.id})
+    if chunks:
+        with _raw(session).cursor() as cur, cur.copy(
+            "COPY chunks (document_id, ordinal, text, token_count, page_start, page_end, heading_path) "
+            "FROM STDIN WITH (FORMAT BINARY)"
+        ) as copy:
+            copy.set_types(["int8", "int4", "text", "int4", "int4", "int4", "text[]"])
+            for c in chunks:
+                copy.write_row((doc.id, c.ordinal, c.text, c.token_count, c.page_start, c.page_end,
+                                list(c.heading_path)))  # fmt: skip
+        session.execute(
+            text(
+                "INSERT INTO embedding_queue (chunk_id, model_id, document_id, token_count) "
+                "SELECT id, :m, document_id, token_count FROM chunks WHERE document_id = :d "
+                "ON CONFLICT DO NOTHING"
+            ),
+            {"m": doc.model_id, "d": doc.id},
+        )
+    state = "embedding" if chunks else "ready"
+    session.execute(
+        text(
+            "UPDATE documents SET state = :s, page_count = :p, chunk_count = :n, lease_until = NULL, "
+            "last_error = CASE WHEN :n = 0 THEN 'no text found (scanned or image-only?)' END, "
+            "updated_at = now() WHERE id = :d"
+        ),
+        {"s": state, "p": page_count, "n": len(chunks), "d": doc.id},
+    )
+    return state
+
+
+def fail_document(session: Session, document_id: int, reason: str) -> None:
+    session.execute(
+        text(
+            "UPDATE documents SET state = 'failed', last_error = :r, lease_until = NULL, updated_at = now() "
+            "WHERE id = :d AND state <> 'ready'"
+        ),
+        {"d": document_id, "r": reason[:2000]},
+    )
+
+
+def release_for_retry(session: Session, document_id: int, reason: str) -> None:
+    """Put a document back to `queued` after a transient error, keeping the reason."""
+    session.execute(
+        text(
+            "UPDATE documents SET state = 'queued', last_error = :r, lease_until = NULL, updated_at = now() "
+            "WHERE id = :d AND state = 'parsing'"
+        ),
+        {"d": document_id, "r": reason[:2000]},
+    )
+
+
+def state_counts(session: Session, document_ids: Sequence[int]) -> dict[str, int]:
+    rows = session.execute(
+        text("SELECT state, count(*) FROM documents WHERE id = ANY(:ids) GROUP BY state"),
+        {"ids": list(document_ids)},
+    ).all()
+    return {state: int(n) for state, n in rows}
+
+
+# --- embedding -------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PendingChunk:
+    chunk_id: int
+    document_id: int
+    text: str
+    token_count: int
+
+
+def model_row(session: Session, name: str) -> tuple[int, int] | None:
+    """(id, dim) of a registered model."""
+    row = session.execute(text("SELECT id, dim FROM embedding_models WHERE name = :n"), {"n": name}).first()
+    return (int(row.id), int(row.dim)) if row else None
+
+
+def claim_pending_chunks(
+    session: Session, model_id: int, *, max_tokens: int, lease_s: int, max_rows: int = 4096
+) -> list[PendingChunk]:
+    """Lease pending chunks of one model across all documents, up to `max_tokens` tokens in total."""
+    rows = session.execute(
+        text(
+            "WITH cand AS ("
+            "  SELECT chunk_id, token_count FROM embedding_queue "
+            "  WHERE model_id = :m AND (lease_until IS NULL OR lease_until < now()) "
+            "  ORDER BY chunk_id LIMIT :rows FOR UPDATE SKIP LOCKED"
+            "), budget AS ("
+            "  SELECT chunk_id, sum(greatest(token_count, 1)) OVER (ORDER BY chunk_id) AS running FROM cand"
+            "), picked AS ("
+            "  SELECT chunk_id FROM budget WHERE running <= :budget "
+            "  UNION SELECT min(chunk_id) FROM cand"  # at least one, even if it alone is over budget
+            ") "
+            "UPDATE embedding_queue q SET lease_until = now() + make_interval(secs => :lease), "
+            "   attempts = q.attempts + 1 "
+            "FROM picked p, chunks c "
+            "WHERE q.model_id = :m AND q.chunk_id = p.chunk_id AND c.id = q.chunk_id "
+            "RETURNING q.chunk_id, q.document_id, c.text, q.token_count"
+        ),
+        {"m": model_id, "rows": max_rows, "budget": max_tokens, "lease": lease_s},
+    ).all()
+    return [PendingChunk(r.chunk_id, r.document_id, r.text, r.token_count) for r in rows]
+
+
+def write_embeddings(session: Session, model_id: int, chunk_ids: Sequence[int], vectors: np.ndarray) -> int:
+    """COPY vectors in (binary), drop their queue rows, mark finished documents ready.
+
+    Returns the number of documents that became ready. A vector that already
+    exists (a redelivered batch) is kept as it is.
+    """
+    from pgvector.psycopg import register_vector
+
+    raw = _raw(session)
+    register_vector(raw)
+    session.execute(
+        text("CREATE TEMP TABLE IF NOT EXISTS embedding_stage (chunk_id int8, embedding vector) ON COMMIT DELETE ROWS")
+    )
+    with raw.cursor() as cur, cur.copy("COPY embedding_stage (chunk_id, embedding) FROM STDIN WITH (FORMAT BINARY)") as copy:
+        copy.set_types(["int8", "vector"])
+        for cid, vec in zip(chunk_ids, vectors, strict=True):
+            copy.write_row((cid, np.asarray(vec, dtype=np.float32)))
+    session.execute(
+        text(
+            "INSERT INTO embeddings (chunk_id, model_id, embedding) "
+            "SELECT s.chunk_id, :m, s.embedding FROM embedding_stage s "
+            "JOIN chunks c ON c.id = s.chunk_id "  # the chunk may be gone (document re-parsed)
+            "ON CONFLICT (chunk_id, model_id) DO NOTHING"
+        ),
+        {"m": model_id},
+    )
+    doc_ids = session.execute(
+        text("DELETE FROM embedding_queue WHERE model_id = :m AND chunk_id = ANY(:ids) RETURNING document_id"),
+        {"m": model_id, "ids": list(chunk_ids)},
+    ).scalars().all()
+    return mark_ready(session, sorted(set(doc_ids)))
+
+
+def mark_ready(session: Session, document_ids: Sequence[int]) -> int:
+    """Documents in `embedding` with nothing left in the queue become `ready`."""
+    if not document_ids:
+        return 0
+    result = session.execute(
+        text(
+            "UPDATE documents d SET state = 'ready', last_error = NULL, updated_at = now() "
+            "WHERE d.id = ANY(:ids) AND d.state = 'embedding' "
+            "AND NOT EXISTS (SELECT 1 FROM embedding_queue q WHERE q.document_id = d.id)"
+        ),
+        {"ids": list(document_ids)},
+    )
+    return int(result.rowcount or 0)

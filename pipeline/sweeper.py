@@ -1,0 +1,76 @@
+"""Finding work that a dead worker or a lost message left behind.
+
+The sweeper never does the work itself and never creates rows: it only names
+documents and models whose work should be enqueued again. Re-enqueueing is
+harmless because every claim is conditional (see `store`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from sqlalchemy import text
+from sqlalchemy.orm import Session, sessionmaker
+
+from docpipe.config import Settings
+
+QUEUED_GRACE_S = 30  # seconds a queued document may wait before its message counts as lost
+
+
+@dataclass
+class StaleWork:
+    parse: list[int] = field(default_factory=list)  # document ids to enqueue for parsing
+    embed_models: list[str] = field(default_factory=list)  # models with claimable pending chunks
+    failed: int = 0  # documents failed for running out of attempts
+
+
+def find_stale_work(
+    *, sessions: sessionmaker[Session], settings: Settings, parse_backlog: int = 0, limit: int = 10_000
+) -> StaleWork:
+    """Fail documents out of attempts; name documents and models to enqueue again.
+
+    Queued documents count as lost only while the parse queue is empty
+    (`parse_backlog` messages waiting): a long backlog is not a lost message.
+    """
+    max_attempts = settings.worker.max_attempts
+    out = StaleWork()
+    with sessions.begin() as session:
+        out.failed = session.execute(
+            text(
+                "UPDATE documents SET state = 'failed', lease_until = NULL, updated_at = now(), "
+                "last_error = coalesce(last_error || '; ', '') || "
+                "  format('gave up after %s attempts (worker died or timed out while parsing)', attempts) "
+                "WHERE state = 'parsing' AND lease_until < now() AND attempts >= :max"
+            ),
+            {"max": max_attempts},
+        ).rowcount
+        out.parse = list(
+            session.execute(
+                text(
+                    "UPDATE documents SET updated_at = now() WHERE id IN ("
+                    "  SELECT id FROM documents WHERE "
+                    "  (state = 'queued' AND :idle AND updated_at < now() - make_interval(secs => :grace)) "
+                    "  OR (state = 'parsing' AND lease_until < now()) "
+                    "  ORDER BY id LIMIT :limit FOR UPDATE SKIP LOCKED) RETURNING id"
+                ),
+                {"grace": QUEUED_GRACE_S, "limit": limit, "idle": parse_backlog == 0},
+            ).scalars()
+        )
+        out.embed_models = list(
+            session.execute(
+                text(
+                    "SELECT m.name FROM embedding_models m WHERE EXISTS ("
+                    "  SELECT 1 FROM embedding_queue q WHERE q.model_id = m.id "
+                    "  AND (q.lease_until IS NULL OR q.lease_until < now()))"
+                )
+            ).scalars()
+        )
+        # Documents whose last chunks were embedded by a batch that died before marking them.
+        session.execute(
+            text(
+                "UPDATE documents d SET state = 'ready', updated_at = now() WHERE d.state = 'embedding' "
+                "AND NOT EXISTS (SELECT 1 FROM embedding_queue q WHERE q.document_id = d.id)"
+            )
+        )
+    out.parse.sort()
+    return out

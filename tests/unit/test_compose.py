@@ -1,0 +1,53 @@
+"""docker-compose.yml is checked by Docker Compose itself (no engine needed) and by structure."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[2]
+COMPOSE = REPO / "docker-compose.yml"
+SECRETS = {"POSTGRES_PASSWORD": "pw-from-env", "REDIS_PASSWORD": "redis-pw-from-env"}
+
+
+def compose_config(env: dict[str, str]) -> subprocess.CompletedProcess:
+    exe = shutil.which("docker-compose")
+    if exe is None:
+        pytest.skip("docker-compose is not installed (apt install docker-compose)")
+    return subprocess.run([exe, "-f", str(COMPOSE), "config"], capture_output=True, text=True, env=env, check=False)
+
+
+def test_compose_file_is_valid_and_resolves_passwords_from_env() -> None:
+    result = compose_config({"PATH": "/usr/bin:/bin", **SECRETS})
+    assert result.returncode == 0, result.stderr
+    resolved = yaml.safe_load(result.stdout)
+    assert resolved["services"]["postgres"]["environment"]["POSTGRES_PASSWORD"] == "pw-from-env"
+    assert "pw-from-env" in resolved["services"]["parse"]["environment"]["DATABASE_URL"]
+
+
+def test_compose_refuses_to_start_without_passwords() -> None:
+    result = compose_config({"PATH": "/usr/bin:/bin"})
+    assert result.returncode != 0
+    assert "POSTGRES_PASSWORD" in result.stderr
+
+
+def test_compose_services_health_and_ordering() -> None:
+    spec = yaml.safe_load(COMPOSE.read_text())
+    services = spec["services"]
+    assert services["postgres"]["image"].startswith("pgvector/pgvector")
+    assert services["redis"]["image"].startswith("redis")
+    for name in ("postgres", "redis"):
+        assert "healthcheck" in services[name]
+        assert all(p.startswith("127.0.0.1:") for p in services[name]["ports"]), "published beyond localhost"
+    assert services["migrate"]["depends_on"]["postgres"]["condition"] == "service_healthy"
+    for worker in ("parse", "embed", "beat"):
+        assert services[worker]["depends_on"]["migrate"]["condition"] == "service_completed_successfully"
+    gpu = services["embed"]["deploy"]["resources"]["reservations"]["devices"][0]
+    assert gpu["driver"] == "nvidia" and "gpu" in gpu["capabilities"]
+    assert services["embed-cpu"]["environment"]["DOCPIPE_EMBED__DEVICE"] == "cpu"
+    assert "embed,rerank" in services["embed"]["command"]
+    assert "parse" in services["parse"]["command"]

@@ -1,0 +1,60 @@
+"""Per-process resources of a worker: engine, sandboxed parser, models. Built lazily after fork."""
+
+from __future__ import annotations
+
+import os
+import threading
+from functools import cached_property
+
+from sqlalchemy.orm import Session, sessionmaker
+
+from docpipe.config import Settings
+from docpipe.db import make_engine, make_sessionmaker, resolve_database_url
+
+
+class WorkerContext:
+    """Everything a task needs, created on first use in the process that uses it."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.pid = os.getpid()
+        self.embed_lock = threading.Lock()  # one drain of the embed queue per process
+        self._model_lock = threading.Lock()
+        self._embedders: dict[str, object] = {}
+
+    @cached_property
+    def sessions(self) -> sessionmaker[Session]:
+        return make_sessionmaker(make_engine(resolve_database_url(self.settings)))
+
+    @cached_property
+    def parser(self):
+        from docpipe.parse import SandboxedParser
+
+        return SandboxedParser(self.settings.parse)
+
+    def embedder(self, model: str):
+        """The embedder for `model`, loaded once per process."""
+        with self._model_lock:
+            if model not in self._embedders:
+                from docpipe.embed import load_embedder
+
+                cfg = self.settings.embed.model_copy(update={"model": model})
+                self._embedders[model] = load_embedder(cfg, cache_dir=self.settings.model_cache_dir)
+            return self._embedders[model]
+
+    @cached_property
+    def reranker(self):
+        from docpipe.rerank import load_reranker
+
+        return load_reranker(self.settings.rerank, cache_dir=self.settings.model_cache_dir)
+
+
+_context: WorkerContext | None = None
+
+
+def get_context(settings: Settings) -> WorkerContext:
+    """The context of this process (a forked child builds its own)."""
+    global _context
+    if _context is None or _context.pid != os.getpid():
+        _context = WorkerContext(settings)
+    return _context

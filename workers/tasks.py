@@ -1,0 +1,78 @@
+"""Thin Celery tasks: open the worker context, call one pipeline function, enqueue the next step."""
+
+from __future__ import annotations
+
+import logging
+
+from celery import shared_task
+from celery.signals import worker_process_shutdown
+from sqlalchemy.exc import OperationalError
+
+from docpipe import processing, sweeper
+from docpipe.errors import RetryableError
+from docpipe.workers.app import app
+from docpipe.workers.context import get_context
+from docpipe.workers.queues import EMBED_TASK, PARSE_QUEUE, PARSE_TASK, RERANK_TASK, SWEEP_TASK
+
+log = logging.getLogger(__name__)
+TRANSIENT = (RetryableError, OperationalError, ConnectionError)
+
+
+def _ctx():
+    return get_context(app.settings)
+
+
+@shared_task(name=PARSE_TASK, autoretry_for=TRANSIENT, retry_backoff=2, retry_backoff_max=120,
+             retry_jitter=True, max_retries=5)  # fmt: skip
+def parse(document_id: int) -> dict:
+    """Parse and chunk one document; wake the embedder for its model."""
+    ctx = _ctx()
+    out = processing.parse_document(document_id, sessions=ctx.sessions, parser=ctx.parser, settings=ctx.settings)
+    if out.state == "embedding" and out.model:
+        embed.delay(out.model)
+    return {"document_id": out.document_id, "state": out.state, "chunks": out.chunks, "reason": out.reason}
+
+
+@shared_task(name=EMBED_TASK, autoretry_for=TRANSIENT, retry_backoff=2, retry_backoff_max=120,
+             retry_jitter=True, max_retries=10)  # fmt: skip
+def embed(model: str) -> dict:
+    """Drain the embed queue of `model` across all documents (one drain per process at a time)."""
+    ctx = _ctx()
+    if not ctx.embed_lock.acquire(blocking=False):
+        return {"skipped": "a drain is already running in this worker"}
+    try:
+        embedder = ctx.embedder(model)
+        stats = processing.embed_pending(model, sessions=ctx.sessions, embed=embedder.embed, settings=ctx.settings)
+    finally:
+        ctx.embed_lock.release()
+    return {"chunks": stats.chunks, "batches": stats.batches, "documents_ready": stats.documents_ready}
+
+
+@shared_task(name=RERANK_TASK, autoretry_for=(OperationalError,), max_retries=2)
+def rerank(query: str, chunk_ids: list[int]) -> list[list[float]]:
+    """Score (query, chunk) pairs with the cross-encoder; returns [chunk_id, score] best first."""
+    ctx = _ctx()
+    from docpipe.search import rerank_chunks
+
+    return [[cid, score] for cid, score in rerank_chunks(query, chunk_ids, sessions=ctx.sessions, reranker=ctx.reranker)]
+
+
+@shared_task(name=SWEEP_TASK, ignore_result=True)
+def sweep() -> dict:
+    """Re-enqueue work whose lease expired or whose message was lost."""
+    ctx = _ctx()
+    with app.connection_for_read() as conn:
+        backlog = conn.default_channel.client.llen(PARSE_QUEUE)
+    found = sweeper.find_stale_work(sessions=ctx.sessions, settings=ctx.settings, parse_backlog=backlog)
+    for doc_id in found.parse:
+        parse.delay(doc_id)
+    for model in found.embed_models:
+        embed.delay(model)
+    return {"parse": len(found.parse), "embed": found.embed_models, "failed": found.failed}
+
+
+@worker_process_shutdown.connect
+def _close_parser(**_: object) -> None:
+    ctx = _ctx()
+    if "parser" in ctx.__dict__:
+        ctx.parser.close()
