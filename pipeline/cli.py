@@ -11,11 +11,10 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
-from rich.table import Table
-
 from docpipe.config import Settings
 from docpipe.errors import ConfigError, DocpipeError
+from rich.console import Console
+from rich.table import Table
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Documents in, pgvector search out.")
 console = Console(stderr=True)
@@ -65,7 +64,7 @@ def ingest(
     paths: Annotated[list[str], typer.Argument(help="Files, directories or globs.")],
     collection: CollectionOpt = None,
     wait: Annotated[bool, typer.Option("--wait", help="Wait until every document is ready or failed.")] = False,
-    metadata: Annotated[str | None, typer.Option(help='JSON object stored with each document.')] = None,
+    metadata: Annotated[str | None, typer.Option(help="JSON object stored with each document.")] = None,
     data_dir: DataDir = None,
 ) -> None:
     """Store documents and enqueue them for parsing and embedding."""
@@ -142,14 +141,28 @@ def status(as_json: Annotated[bool, typer.Option("--json")] = False, data_dir: D
 
 
 @app.command()
-def failed(collection: CollectionOpt = None, as_json: Annotated[bool, typer.Option("--json")] = False,
-           data_dir: DataDir = None) -> None:  # fmt: skip
+def failed(
+    collection: CollectionOpt = None, as_json: Annotated[bool, typer.Option("--json")] = False, data_dir: DataDir = None
+) -> None:
     """List failed documents with their reasons."""
     with _client(data_dir) as client:
         docs = client.failed(collection)
     if as_json:
-        print(json.dumps([{"id": d.id, "collection": d.collection, "source": d.source, "reason": d.reason,
-                           "attempts": d.attempts} for d in docs], indent=2))  # fmt: skip
+        print(
+            json.dumps(
+                [
+                    {
+                        "id": d.id,
+                        "collection": d.collection,
+                        "source": d.source,
+                        "reason": d.reason,
+                        "attempts": d.attempts,
+                    }
+                    for d in docs
+                ],
+                indent=2,
+            )
+        )
         return
     table = Table("id", "source", "attempts", "reason")
     for d in docs:
@@ -197,8 +210,11 @@ def worker(
 
     settings = _settings(data_dir)
     try:
-        env = {"DATABASE_URL": resolve_database_url(settings), "REDIS_URL": resolve_redis_url(settings),
-               "DOCPIPE_DATA_DIR": str(settings.data_dir)}  # fmt: skip
+        env = {
+            "DATABASE_URL": resolve_database_url(settings),
+            "REDIS_URL": resolve_redis_url(settings),
+            "DOCPIPE_DATA_DIR": str(settings.data_dir),
+        }
     except DocpipeError as err:
         _fail(err)
     cpu_only = set(queues.split(",")) <= {"parse"}
@@ -212,7 +228,9 @@ def worker(
 
 @app.command()
 def quickstart(
-    paths: Annotated[list[str] | None, typer.Argument(help="Documents to ingest (default: this project's docs).")] = None,
+    paths: Annotated[
+        list[str] | None, typer.Argument(help="Documents to ingest (default: this project's docs).")
+    ] = None,
     query: Annotated[str, typer.Option("--query", "-q")] = "how do I search documents with SQL",
     collection: Annotated[str, typer.Option("--collection", "-c")] = "quickstart",
     k: Annotated[int, typer.Option("-k")] = 5,
@@ -232,8 +250,10 @@ def quickstart(
             job = client.ingest(paths, collection=collection)
             counts = job.wait(progress=True, timeout_s=3600)
             info = client.status(collection)[collection]
-            console.print(f"documents: {json.dumps(counts, sort_keys=True)}; chunks: {info['chunks']}; "
-                          f"embeddings: {info['embeddings']}; {time.perf_counter() - started:.1f} s")  # fmt: skip
+            console.print(
+                f"documents: {json.dumps(counts, sort_keys=True)}; chunks: {info['chunks']}; "
+                f"embeddings: {info['embeddings']}; {time.perf_counter() - started:.1f} s"
+            )
             for doc in client.failed(collection)[:10]:
                 console.print(f"  failed: {Path(doc.source).name}: {doc.reason}")
             console.print(f"[bold]search:[/bold] {query}")
@@ -258,3 +278,7 @@ def main() -> None:  # pragma: no cover - entry point
         app()
     except KeyboardInterrupt:
         sys.exit(130)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

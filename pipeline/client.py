@@ -8,8 +8,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import text
-
 from docpipe import store
 from docpipe.config import Settings
 from docpipe.db import make_engine, make_sessionmaker, resolve_database_url
@@ -18,6 +16,7 @@ from docpipe.loading import collect_files, read_document
 from docpipe.models import FINAL_STATES
 from docpipe.search import Hit, SearchMode, search_candidates
 from docpipe.task_queue import TaskQueue, load_task_queue
+from sqlalchemy import text
 
 __all__ = ["Client", "FailedDocument", "Hit", "Job"]
 
@@ -72,9 +71,13 @@ class _progress_bar:
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
         self.progress = Progress(
-            TextColumn("[bold]ingest"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-            TextColumn("{task.fields[states]}"), transient=False,
-        )  # fmt: skip
+            TextColumn("[bold]ingest"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            TextColumn("{task.fields[states]}"),
+            transient=False,
+        )
         self.task = self.progress.add_task("ingest", total=total, states="")
         self.progress.start()
 
@@ -146,8 +149,17 @@ class Client:
         batch_bytes = 0
         for entry in entries:
             content, digest = read_document(entry)
-            batch.append(store.NewDocument(str(entry.path.resolve()), digest, entry.media_type, content,
-                                           entry.size, dict(metadata or {}), entry.problem))  # fmt: skip
+            batch.append(
+                store.NewDocument(
+                    str(entry.path.resolve()),
+                    digest,
+                    entry.media_type,
+                    content,
+                    entry.size,
+                    dict(metadata or {}),
+                    entry.problem,
+                )
+            )
             batch_bytes += len(content)
             if batch_bytes >= INGEST_TX_BYTES or len(batch) >= 1000:
                 self._store_and_enqueue(coll.id, batch, job)
@@ -169,8 +181,9 @@ class Client:
     def _store_and_enqueue(self, collection_id: int, docs: list[store.NewDocument], job: Job) -> None:
         with self.sessions.begin() as session:  # committed before any message is sent
             rows = store.insert_documents(session, collection_id, docs)
-        new_ids = [doc_id for (doc_id, created), doc in zip(rows, docs, strict=True)
-                   if created and doc.failed_reason is None]  # fmt: skip
+        new_ids = [
+            doc_id for (doc_id, created), doc in zip(rows, docs, strict=True) if created and doc.failed_reason is None
+        ]
         job.document_ids.extend(doc_id for doc_id, _ in rows)
         job.created += sum(created for _, created in rows)
         if new_ids:

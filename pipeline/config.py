@@ -85,9 +85,7 @@ class Settings(BaseSettings):
     database_url: str | None = Field(
         default=None, validation_alias=AliasChoices("DATABASE_URL", "DOCPIPE_DATABASE_URL")
     )
-    redis_url: str | None = Field(
-        default=None, validation_alias=AliasChoices("REDIS_URL", "DOCPIPE_REDIS_URL")
-    )
+    redis_url: str | None = Field(default=None, validation_alias=AliasChoices("REDIS_URL", "DOCPIPE_REDIS_URL"))
     data_dir: Path = Field(default_factory=default_data_dir)
     model_cache: Path | None = None  # exported/quantised models and backend choices; default <data_dir>/models
     default_collection: str = "default"

@@ -14,13 +14,12 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 
-from sqlalchemy.orm import Session, sessionmaker
-
 from docpipe import store
 from docpipe.chunk import chunk_blocks
 from docpipe.config import Settings
 from docpipe.errors import PermanentError, RetryableError
 from docpipe.parse import SandboxedParser
+from sqlalchemy.orm import Session, sessionmaker
 
 log = logging.getLogger(__name__)
 
@@ -36,9 +35,8 @@ class ChunkTokenizer:
 @lru_cache(maxsize=8)
 def chunk_tokenizer(model: str, cache_dir: Path, max_tokens: int) -> ChunkTokenizer:
     """Load only the tokenizer of `model` (no weights); cap chunks at its max sequence length."""
-    from tokenizers import Tokenizer
-
     from docpipe.embed.st_config import read_st_config, resolve_model_dir
+    from tokenizers import Tokenizer
 
     model_dir = resolve_model_dir(model, cache_dir=cache_dir)
     tok = Tokenizer.from_file(str(model_dir / "tokenizer.json"))
@@ -72,9 +70,7 @@ def parse_document(
     retryable ones put it back to `queued` and propagate, until the attempt
     limit fails it for good.
     """
-    tokenizer_for = tokenizer_for or (
-        lambda m: chunk_tokenizer(m, settings.model_cache_dir, settings.chunk.max_tokens)
-    )
+    tokenizer_for = tokenizer_for or (lambda m: chunk_tokenizer(m, settings.model_cache_dir, settings.chunk.max_tokens))
     with sessions.begin() as session:
         doc = store.claim_for_parse(session, document_id, lease_s=settings.worker.lease_s)
     if doc is None:
@@ -83,9 +79,11 @@ def parse_document(
         parsed = parser.parse(doc.content, doc.media_type)
         tok = tokenizer_for(doc.model)
         chunks = chunk_blocks(
-            parsed.blocks, tok.tokenizer, max_tokens=tok.max_tokens,
+            parsed.blocks,
+            tok.tokenizer,
+            max_tokens=tok.max_tokens,
             overlap_tokens=min(settings.chunk.overlap_tokens, tok.max_tokens // 2),
-        )  # fmt: skip
+        )
     except PermanentError as err:
         with sessions.begin() as session:
             store.fail_document(session, doc.id, str(err))

@@ -43,14 +43,21 @@ def vector_candidates(
 ) -> list[Hit]:
     """Nearest chunks by cosine distance through the collection model's HNSW index."""
     rows = session.execute(
-        text("SELECT * FROM docpipe_search(CAST(:q AS vector), :c, :k, :f)").bindparams(
-            bindparam("f", type_=JSONB)
-        ),
+        text("SELECT * FROM docpipe_search(CAST(:q AS vector), :c, :k, :f)").bindparams(bindparam("f", type_=JSONB)),
         {"q": _vector_literal(query_vec), "c": collection, "k": k, "f": where},
     ).all()
     return [
-        Hit(r.chunk_id, r.document_id, r.text, r.source, r.page_start, r.page_end,
-            score=1.0 - r.distance, distance=r.distance, heading_path=list(r.heading_path))  # fmt: skip
+        Hit(
+            r.chunk_id,
+            r.document_id,
+            r.text,
+            r.source,
+            r.page_start,
+            r.page_end,
+            score=1.0 - r.distance,
+            distance=r.distance,
+            heading_path=list(r.heading_path),
+        )
         for r in rows
     ]
 
@@ -59,9 +66,7 @@ def text_candidates(session: Session, query: str, collection: str, k: int, where
     """Chunk ids matching the query words (Postgres full text, `websearch` syntax), best first."""
     return list(
         session.execute(
-            text("SELECT chunk_id FROM docpipe_text_search(:q, :c, :k, :f)").bindparams(
-                bindparam("f", type_=JSONB)
-            ),
+            text("SELECT chunk_id FROM docpipe_text_search(:q, :c, :k, :f)").bindparams(bindparam("f", type_=JSONB)),
             {"q": query, "c": collection, "k": k, "f": where},
         ).scalars()
     )
@@ -76,8 +81,16 @@ def load_hits(session: Session, chunk_ids: Sequence[int]) -> dict[int, Hit]:
         {"ids": list(chunk_ids)},
     ).all()
     return {
-        r.id: Hit(r.id, r.document_id, r.text, r.source, r.page_start, r.page_end, score=0.0,
-                  heading_path=list(r.heading_path))  # fmt: skip
+        r.id: Hit(
+            r.id,
+            r.document_id,
+            r.text,
+            r.source,
+            r.page_start,
+            r.page_end,
+            score=0.0,
+            heading_path=list(r.heading_path),
+        )
         for r in rows
     }
 

@@ -111,11 +111,30 @@ class EmbeddedPostgres:
         if user:
             shutil.chown(socket_dir, PG_SYSTEM_USER, PG_SYSTEM_USER)
         self.proc = subprocess.Popen(
-            [str(_pg_bin("postgres")), "-D", str(self.pgdata), "-h", "127.0.0.1", "-p", str(self.port),
-             "-k", str(socket_dir), "-c", "max_connections=200", "-c", "shared_buffers=256MB",
-             "-c", "maintenance_work_mem=512MB", "-c", "synchronous_commit=off"],
-            stdout=log, stderr=log, start_new_session=True, **user,
-        )  # fmt: skip
+            [
+                str(_pg_bin("postgres")),
+                "-D",
+                str(self.pgdata),
+                "-h",
+                "127.0.0.1",
+                "-p",
+                str(self.port),
+                "-k",
+                str(socket_dir),
+                "-c",
+                "max_connections=200",
+                "-c",
+                "shared_buffers=256MB",
+                "-c",
+                "maintenance_work_mem=512MB",
+                "-c",
+                "synchronous_commit=off",
+            ],
+            stdout=log,
+            stderr=log,
+            start_new_session=True,
+            **user,
+        )
         log.close()
         wait_for_port(self.port, timeout_s=timeout_s, proc=self.proc)
         self._ensure_database(timeout_s)
@@ -125,8 +144,10 @@ class EmbeddedPostgres:
         if (self.pgdata / "postmaster.pid").exists():
             subprocess.run(
                 [str(_pg_bin("pg_ctl")), "-D", str(self.pgdata), "-m", "fast", "-w", "stop"],
-                capture_output=True, check=False, **user,
-            )  # fmt: skip
+                capture_output=True,
+                check=False,
+                **user,
+            )
 
     def _initdb(self, user: dict) -> None:
         self.pgdata.mkdir(parents=True, exist_ok=True)
@@ -137,10 +158,21 @@ class EmbeddedPostgres:
             shutil.chown(self.pgdata, PG_SYSTEM_USER, PG_SYSTEM_USER)
             self.pgdata.chmod(0o700)
         result = subprocess.run(
-            [str(_pg_bin("initdb")), "-D", str(self.pgdata), "-U", "postgres", "--auth=trust",
-             "--encoding=UTF8", "--locale=C.UTF-8"],
-            check=False, capture_output=True, text=True, **user,
-        )  # fmt: skip
+            [
+                str(_pg_bin("initdb")),
+                "-D",
+                str(self.pgdata),
+                "-U",
+                "postgres",
+                "--auth=trust",
+                "--encoding=UTF8",
+                "--locale=C.UTF-8",
+            ],
+            check=False,
+            capture_output=True,
+            text=True,
+            **user,
+        )
         if result.returncode != 0:
             raise ConfigError(f"initdb failed: {result.stderr.strip() or result.stdout.strip()}")
 
@@ -150,9 +182,7 @@ class EmbeddedPostgres:
         deadline = time.monotonic() + timeout_s
         while True:
             try:
-                with psycopg.connect(
-                    f"postgresql://postgres@127.0.0.1:{self.port}/postgres", autocommit=True
-                ) as conn:
+                with psycopg.connect(f"postgresql://postgres@127.0.0.1:{self.port}/postgres", autocommit=True) as conn:
                     exists = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (PG_DATABASE,)).fetchone()
                     if not exists:
                         conn.execute(f'CREATE DATABASE "{PG_DATABASE}"')
@@ -194,9 +224,25 @@ class EmbeddedRedis:
 
     def start(self, *, timeout_s: float = 30.0) -> None:
         self.data_dir.mkdir(parents=True, exist_ok=True)
-        args = [self.binary(), "--bind", "127.0.0.1", "--port", str(self.port), "--dir", str(self.data_dir),
-                "--daemonize", "no", "--maxmemory-policy", "noeviction", "--save", "",
-                "--appendonly", "yes" if self.persist else "no", "--protected-mode", "yes"]  # fmt: skip
+        args = [
+            self.binary(),
+            "--bind",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
+            "--dir",
+            str(self.data_dir),
+            "--daemonize",
+            "no",
+            "--maxmemory-policy",
+            "noeviction",
+            "--save",
+            "",
+            "--appendonly",
+            "yes" if self.persist else "no",
+            "--protected-mode",
+            "yes",
+        ]
         log = open(self.data_dir / "redis.log", "ab")  # noqa: SIM115 - owned by the child
         self.proc = subprocess.Popen(args, stdout=log, stderr=log, start_new_session=True)
         log.close()

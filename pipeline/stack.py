@@ -41,9 +41,26 @@ class WorkerSpec:
 
 def worker_args(queues: str, *, name: str, pool: str, concurrency: int, loglevel: str = "INFO") -> list[str]:
     """argv of a Celery worker over `queues` (comma-separated)."""
-    return [sys.executable, "-m", "celery", "-A", CELERY_APP, "worker", "-Q", queues, "-n", f"{name}@%h",
-            "--pool", pool, "--concurrency", str(concurrency), "--loglevel", loglevel,
-            "--without-gossip", "--without-mingle"]  # fmt: skip
+    return [
+        sys.executable,
+        "-m",
+        "celery",
+        "-A",
+        CELERY_APP,
+        "worker",
+        "-Q",
+        queues,
+        "-n",
+        f"{name}@%h",
+        "--pool",
+        pool,
+        "--concurrency",
+        str(concurrency),
+        "--loglevel",
+        loglevel,
+        "--without-gossip",
+        "--without-mingle",
+    ]
 
 
 def default_workers(settings: Settings) -> list[WorkerSpec]:
@@ -54,8 +71,21 @@ def default_workers(settings: Settings) -> list[WorkerSpec]:
         WorkerSpec("parse", worker_args("parse", name="parse", pool="prefork", concurrency=parse_n)),
         # threads: an embed drain and a rerank request run side by side in one process, one model copy each
         WorkerSpec("embed", worker_args("embed,rerank", name="embed", pool="threads", concurrency=2)),
-        WorkerSpec("beat", [sys.executable, "-m", "celery", "-A", CELERY_APP, "beat", "-s", str(beat_schedule),
-                            "--loglevel", "WARNING"]),  # fmt: skip
+        WorkerSpec(
+            "beat",
+            [
+                sys.executable,
+                "-m",
+                "celery",
+                "-A",
+                CELERY_APP,
+                "beat",
+                "-s",
+                str(beat_schedule),
+                "--loglevel",
+                "WARNING",
+            ],
+        ),
     ]
 
 

@@ -12,12 +12,11 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+from docpipe.errors import ConfigError
+from docpipe.types import Chunk
 from sqlalchemy import bindparam, text
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import Session
-
-from docpipe.errors import ConfigError
-from docpipe.types import Chunk
 
 
 def _raw(session: Session):
@@ -116,8 +115,16 @@ def insert_documents(session: Session, collection_id: int, docs: Sequence[NewDoc
     ).bindparams(bindparam("meta", type_=JSONB))
     out: list[tuple[int, bool]] = []
     for doc in docs:
-        params = {"c": collection_id, "source": doc.source, "sha": doc.sha256, "mt": doc.media_type,
-                  "size": doc.size_bytes, "content": doc.content, "meta": doc.metadata, "err": doc.failed_reason}  # fmt: skip
+        params = {
+            "c": collection_id,
+            "source": doc.source,
+            "sha": doc.sha256,
+            "mt": doc.media_type,
+            "size": doc.size_bytes,
+            "content": doc.content,
+            "meta": doc.metadata,
+            "err": doc.failed_reason,
+        }
         new_id = session.execute(insert, params).scalar()
         if new_id is not None:
             out.append((int(new_id), True))
@@ -158,22 +165,27 @@ def claim_for_parse(session: Session, document_id: int, *, lease_s: int) -> Clai
     ).first()
     if row is None:
         return None
-    return ClaimedDocument(row.id, row.collection_id, row.source, row.media_type, bytes(row.content),
-                           row.attempts, row.model_id, row.model)  # fmt: skip
+    return ClaimedDocument(
+        row.id, row.collection_id, row.source, row.media_type, bytes(row.content), row.attempts, row.model_id, row.model
+    )
 
 
 def save_chunks(session: Session, doc: ClaimedDocument, chunks: Sequence[Chunk], *, page_count: int) -> str:
     """Replace the document's chunks, queue them for embedding; returns the new state."""
     session.execute(text("DELETE FROM chunks WHERE document_id = :d"), {"d": doc.id})
     if chunks:
-        with _raw(session).cursor() as cur, cur.copy(
-            "COPY chunks (document_id, ordinal, text, token_count, page_start, page_end, heading_path) "
-            "FROM STDIN WITH (FORMAT BINARY)"
-        ) as copy:
+        with (
+            _raw(session).cursor() as cur,
+            cur.copy(
+                "COPY chunks (document_id, ordinal, text, token_count, page_start, page_end, heading_path) "
+                "FROM STDIN WITH (FORMAT BINARY)"
+            ) as copy,
+        ):
             copy.set_types(["int8", "int4", "text", "int4", "int4", "int4", "text[]"])
             for c in chunks:
-                copy.write_row((doc.id, c.ordinal, c.text, c.token_count, c.page_start, c.page_end,
-                                list(c.heading_path)))  # fmt: skip
+                copy.write_row(
+                    (doc.id, c.ordinal, c.text, c.token_count, c.page_start, c.page_end, list(c.heading_path))
+                )
         session.execute(
             text(
                 "INSERT INTO embedding_queue (chunk_id, model_id, document_id, token_count) "
@@ -280,7 +292,10 @@ def write_embeddings(session: Session, model_id: int, chunk_ids: Sequence[int], 
     session.execute(
         text("CREATE TEMP TABLE IF NOT EXISTS embedding_stage (chunk_id int8, embedding vector) ON COMMIT DELETE ROWS")
     )
-    with raw.cursor() as cur, cur.copy("COPY embedding_stage (chunk_id, embedding) FROM STDIN WITH (FORMAT BINARY)") as copy:
+    with (
+        raw.cursor() as cur,
+        cur.copy("COPY embedding_stage (chunk_id, embedding) FROM STDIN WITH (FORMAT BINARY)") as copy,
+    ):
         copy.set_types(["int8", "vector"])
         for cid, vec in zip(chunk_ids, vectors, strict=True):
             copy.write_row((cid, np.asarray(vec, dtype=np.float32)))
@@ -293,10 +308,14 @@ def write_embeddings(session: Session, model_id: int, chunk_ids: Sequence[int], 
         ),
         {"m": model_id},
     )
-    doc_ids = session.execute(
-        text("DELETE FROM embedding_queue WHERE model_id = :m AND chunk_id = ANY(:ids) RETURNING document_id"),
-        {"m": model_id, "ids": list(chunk_ids)},
-    ).scalars().all()
+    doc_ids = (
+        session.execute(
+            text("DELETE FROM embedding_queue WHERE model_id = :m AND chunk_id = ANY(:ids) RETURNING document_id"),
+            {"m": model_id, "ids": list(chunk_ids)},
+        )
+        .scalars()
+        .all()
+    )
     return mark_ready(session, sorted(set(doc_ids)))
 
 

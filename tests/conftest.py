@@ -49,9 +49,38 @@ def minilm_dir() -> Path:
 # --- the embedded stack ----------------------------------------------------------------
 
 
-def stack_settings(data_dir: Path, model_cache: Path, **worker: object):
+def build_tiny_cross_encoder(target: Path, minilm: Path) -> Path:
+    """A random 2-layer BERT cross-encoder with MiniLM's tokenizer: mechanics, not quality."""
+    import shutil
+
+    import torch
+    from transformers import AutoModelForSequenceClassification, BertConfig
+
+    target.mkdir(parents=True, exist_ok=True)
+    for name in ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json"):
+        shutil.copy(minilm / name, target / name)
+    config = BertConfig(
+        vocab_size=30522,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=512,
+        num_labels=1,
+    )
+    torch.manual_seed(0)
+    AutoModelForSequenceClassification.from_config(config).save_pretrained(target)
+    return target
+
+
+@pytest.fixture(scope="session")
+def tiny_cross_encoder(tmp_path_factory: pytest.TempPathFactory, minilm_dir: Path) -> Path:
+    return build_tiny_cross_encoder(tmp_path_factory.mktemp("cross-encoder"), minilm_dir)
+
+
+def stack_settings(data_dir: Path, model_cache: Path, reranker: Path | None = None, **worker: object):
     """Settings for a test stack: fast sweeps and leases, two parse processes."""
-    from docpipe.config import Settings, WorkerConfig
+    from docpipe.config import RerankConfig, Settings, WorkerConfig
 
     defaults = {"sweep_interval_s": 3, "lease_s": 60, "parse_concurrency": 2, "max_attempts": 3}
     defaults.update(worker)
@@ -61,6 +90,7 @@ def stack_settings(data_dir: Path, model_cache: Path, **worker: object):
         database_url=None,
         redis_url=None,
         worker=WorkerConfig(**defaults),
+        rerank=RerankConfig(model=str(reranker)) if reranker else RerankConfig(),
     )
 
 
@@ -71,11 +101,11 @@ def model_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def stack(tmp_path_factory: pytest.TempPathFactory, model_cache: Path):
+def stack(tmp_path_factory: pytest.TempPathFactory, model_cache: Path, tiny_cross_encoder: Path):
     """A running embedded stack (Postgres, Redis, parse/embed workers, beat) for the session."""
     from docpipe.stack import Stack
 
-    settings = stack_settings(tmp_path_factory.mktemp("stack"), model_cache)
+    settings = stack_settings(tmp_path_factory.mktemp("stack"), model_cache, tiny_cross_encoder)
     with Stack(settings, redis_persist=False) as running:
         yield running
 

@@ -6,13 +6,12 @@ import logging
 
 from celery import shared_task
 from celery.signals import worker_process_shutdown
-from sqlalchemy.exc import OperationalError
-
 from docpipe import processing, sweeper
 from docpipe.errors import RetryableError
 from docpipe.workers.app import app
 from docpipe.workers.context import get_context
 from docpipe.workers.queues import EMBED_TASK, PARSE_QUEUE, PARSE_TASK, RERANK_TASK, SWEEP_TASK
+from sqlalchemy.exc import OperationalError
 
 log = logging.getLogger(__name__)
 TRANSIENT = (RetryableError, OperationalError, ConnectionError)
@@ -22,8 +21,9 @@ def _ctx():
     return get_context(app.settings)
 
 
-@shared_task(name=PARSE_TASK, autoretry_for=TRANSIENT, retry_backoff=2, retry_backoff_max=120,
-             retry_jitter=True, max_retries=5)  # fmt: skip
+@shared_task(
+    name=PARSE_TASK, autoretry_for=TRANSIENT, retry_backoff=2, retry_backoff_max=120, retry_jitter=True, max_retries=5
+)
 def parse(document_id: int) -> dict:
     """Parse and chunk one document; wake the embedder for its model."""
     ctx = _ctx()
@@ -33,8 +33,9 @@ def parse(document_id: int) -> dict:
     return {"document_id": out.document_id, "state": out.state, "chunks": out.chunks, "reason": out.reason}
 
 
-@shared_task(name=EMBED_TASK, autoretry_for=TRANSIENT, retry_backoff=2, retry_backoff_max=120,
-             retry_jitter=True, max_retries=10)  # fmt: skip
+@shared_task(
+    name=EMBED_TASK, autoretry_for=TRANSIENT, retry_backoff=2, retry_backoff_max=120, retry_jitter=True, max_retries=10
+)
 def embed(model: str) -> dict:
     """Drain the embed queue of `model` across all documents (one drain per process at a time)."""
     ctx = _ctx()
@@ -54,7 +55,9 @@ def rerank(query: str, chunk_ids: list[int]) -> list[list[float]]:
     ctx = _ctx()
     from docpipe.search import rerank_chunks
 
-    return [[cid, score] for cid, score in rerank_chunks(query, chunk_ids, sessions=ctx.sessions, reranker=ctx.reranker)]
+    return [
+        [cid, score] for cid, score in rerank_chunks(query, chunk_ids, sessions=ctx.sessions, reranker=ctx.reranker)
+    ]
 
 
 @shared_task(name=SWEEP_TASK, ignore_result=True)

@@ -189,4 +189,3 @@ def upgrade() -> None:
 
 def downgrade() -> None:
     op.execute(DROP)
-

@@ -7,18 +7,23 @@ import itertools
 
 import numpy as np
 import pytest
-from sqlalchemy import text
-
 from docpipe import store
 from docpipe.types import Chunk
+from sqlalchemy import text
 
 DIM = 8
 _names = itertools.count()
 
 
 def new_doc(body: bytes, **kw) -> store.NewDocument:
-    return store.NewDocument(source=f"/docs/{body[:10]!r}.txt", sha256=hashlib.sha256(body).digest(),
-                             media_type="text/plain", content=body, size_bytes=len(body), metadata=kw)  # fmt: skip
+    return store.NewDocument(
+        source=f"/docs/{body[:10]!r}.txt",
+        sha256=hashlib.sha256(body).digest(),
+        media_type="text/plain",
+        content=body,
+        size_bytes=len(body),
+        metadata=kw,
+    )
 
 
 @pytest.fixture
@@ -33,8 +38,9 @@ def parsed(sessions, collection, body: bytes, n_chunks: int):
     assert created
     with sessions.begin() as s:
         doc = store.claim_for_parse(s, doc_id, lease_s=60)
-    chunks = [Chunk(i, f"chunk {i} of {body!r}\x00".replace("\x00", ""), 5 + i, 1 + i, 1 + i, ("H",))
-              for i in range(n_chunks)]  # fmt: skip
+    chunks = [
+        Chunk(i, f"chunk {i} of {body!r}\x00".replace("\x00", ""), 5 + i, 1 + i, 1 + i, ("H",)) for i in range(n_chunks)
+    ]
     with sessions.begin() as s:
         store.save_chunks(s, doc, chunks, page_count=n_chunks)
     return doc
