@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from alembic import context
-from docpipe.db import resolve_database_url
 from sqlalchemy import create_engine, pool
+
+from docpipe.db import resolve_database_url
 
 MIGRATION_LOCK = 727274  # pg advisory lock key: one migrator at a time
 

@@ -11,10 +11,11 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from docpipe.config import Settings
-from docpipe.errors import ConfigError, DocpipeError
 from rich.console import Console
 from rich.table import Table
+
+from docpipe.config import Settings
+from docpipe.errors import ConfigError, DocpipeError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Documents in, pgvector search out.")
 console = Console(stderr=True)

@@ -8,6 +8,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from sqlalchemy import text
+
 from docpipe import store
 from docpipe.config import Settings
 from docpipe.db import make_engine, make_sessionmaker, resolve_database_url
@@ -16,7 +18,6 @@ from docpipe.loading import collect_files, read_document
 from docpipe.models import FINAL_STATES
 from docpipe.search import Hit, SearchMode, search_candidates
 from docpipe.task_queue import TaskQueue, load_task_queue
-from sqlalchemy import text
 
 __all__ = ["Client", "FailedDocument", "Hit", "Job"]
 

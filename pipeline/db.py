@@ -12,10 +12,11 @@ import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from docpipe.config import Settings
-from docpipe.errors import ConfigError
 from sqlalchemy import Engine, create_engine
 from sqlalchemy.orm import Session, sessionmaker
+
+from docpipe.config import Settings
+from docpipe.errors import ConfigError
 
 STACK_FILE = "stack.json"
 
@@ -99,9 +100,10 @@ def make_sessionmaker(engine: Engine) -> sessionmaker[Session]:
 
 def migrate(url: str) -> None:
     """Apply every Alembic migration (idempotent; concurrent callers serialise on a lock)."""
-    import docpipe.migrations
     from alembic import command
     from alembic.config import Config
+
+    import docpipe.migrations
 
     ini = Path(docpipe.migrations.__file__).resolve().parent / "alembic.ini"
     cfg = Config(str(ini))

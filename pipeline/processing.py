@@ -14,12 +14,13 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 
+from sqlalchemy.orm import Session, sessionmaker
+
 from docpipe import store
 from docpipe.chunk import chunk_blocks
 from docpipe.config import Settings
 from docpipe.errors import PermanentError, RetryableError
 from docpipe.parse import SandboxedParser
-from sqlalchemy.orm import Session, sessionmaker
 
 log = logging.getLogger(__name__)
 
@@ -35,8 +36,9 @@ class ChunkTokenizer:
 @lru_cache(maxsize=8)
 def chunk_tokenizer(model: str, cache_dir: Path, max_tokens: int) -> ChunkTokenizer:
     """Load only the tokenizer of `model` (no weights); cap chunks at its max sequence length."""
-    from docpipe.embed.st_config import read_st_config, resolve_model_dir
     from tokenizers import Tokenizer
+
+    from docpipe.embed.st_config import read_st_config, resolve_model_dir
 
     model_dir = resolve_model_dir(model, cache_dir=cache_dir)
     tok = Tokenizer.from_file(str(model_dir / "tokenizer.json"))

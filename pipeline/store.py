@@ -12,11 +12,12 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from docpipe.errors import ConfigError
-from docpipe.types import Chunk
 from sqlalchemy import bindparam, text
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import Session
+
+from docpipe.errors import ConfigError
+from docpipe.types import Chunk
 
 
 def _raw(session: Session):

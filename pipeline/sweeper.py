@@ -9,9 +9,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from docpipe.config import Settings
 from sqlalchemy import text
 from sqlalchemy.orm import Session, sessionmaker
+
+from docpipe.config import Settings
 
 QUEUED_GRACE_S = 30  # seconds a queued document may wait before its message counts as lost
 

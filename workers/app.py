@@ -8,6 +8,7 @@ changes nothing.
 from __future__ import annotations
 
 from celery import Celery
+
 from docpipe.config import Settings
 from docpipe.db import resolve_redis_url
 from docpipe.workers.queues import ROUTES, SWEEP_TASK

@@ -6,9 +6,10 @@ import os
 import threading
 from functools import cached_property
 
+from sqlalchemy.orm import Session, sessionmaker
+
 from docpipe.config import Settings
 from docpipe.db import make_engine, make_sessionmaker, resolve_database_url
-from sqlalchemy.orm import Session, sessionmaker
 
 
 class WorkerContext:

@@ -6,12 +6,13 @@ import logging
 
 from celery import shared_task
 from celery.signals import worker_process_shutdown
+from sqlalchemy.exc import OperationalError
+
 from docpipe import processing, sweeper
 from docpipe.errors import RetryableError
 from docpipe.workers.app import app
 from docpipe.workers.context import get_context
 from docpipe.workers.queues import EMBED_TASK, PARSE_QUEUE, PARSE_TASK, RERANK_TASK, SWEEP_TASK
-from sqlalchemy.exc import OperationalError
 
 log = logging.getLogger(__name__)
 TRANSIENT = (RetryableError, OperationalError, ConnectionError)

@@ -7,9 +7,10 @@ import itertools
 
 import numpy as np
 import pytest
+from sqlalchemy import text
+
 from docpipe import store
 from docpipe.types import Chunk
-from sqlalchemy import text
 
 DIM = 8
 _names = itertools.count()

@@ -1,0 +1,52 @@
+"""Bytes in, ``ParsedDocument`` out: one parser per format, run in a crash-proof child process.
+
+``parse_bytes`` parses in the calling process (the sandbox child and unit tests use it);
+workers use ``SandboxedParser``, which runs it in a child with a time and memory limit.
+Format parsers are imported on first use, so importing this package stays cheap.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+from docpipe.errors import EmptyDocument, UnsupportedType
+from docpipe.parse.media import (
+    DOCX,
+    HTML,
+    MARKDOWN,
+    PDF,
+    SUPPORTED_MEDIA_TYPES,
+    TEXT,
+    detect_media_type,
+    normalize_media_type,
+)
+from docpipe.parse.sandbox import SandboxedParser
+from docpipe.types import ParsedDocument
+
+__all__ = ["SUPPORTED_MEDIA_TYPES", "SandboxedParser", "detect_media_type", "parse_bytes"]
+
+_PARSERS = {  # media type -> (module, function); the function takes (data) or (data, max_pages=)
+    PDF: ("docpipe.parse.pdf", "parse_pdf"),
+    TEXT: ("docpipe.parse.text", "parse_text"),
+    MARKDOWN: ("docpipe.parse.text", "parse_markdown"),
+    HTML: ("docpipe.parse.html", "parse_html"),
+    DOCX: ("docpipe.parse.docx", "parse_docx"),
+}
+
+
+def parse_bytes(data: bytes, media_type: str, *, max_pages: int) -> ParsedDocument:
+    """Parse ``data`` in this process; ``max_pages`` (pages) applies to paged formats."""
+    kind = normalize_media_type(media_type)
+    if kind not in _PARSERS:
+        raise UnsupportedType(f"unsupported media type: {media_type or '(none)'}")
+    if not data:
+        raise EmptyDocument("document is empty (0 bytes)")
+    module, function = _PARSERS[kind]
+    parse = getattr(importlib.import_module(module), function)
+    return parse(data, max_pages=max_pages) if kind == PDF else parse(data)
+
+
+def preload_parsers() -> None:
+    """Import every format parser now (the sandbox child pays pymupdf's ~1 s import once)."""
+    for module, _ in _PARSERS.values():
+        importlib.import_module(module)
