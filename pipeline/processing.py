@@ -8,9 +8,8 @@ parser or the model runs, a short one to write.
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
@@ -100,54 +99,3 @@ def parse_document(
     with sessions.begin() as session:
         state = store.save_chunks(session, doc, chunks, page_count=parsed.page_count)
     return ParseOutcome(doc.id, state, model=doc.model, chunks=len(chunks))
-
-
-@dataclass
-class EmbedStats:
-    """What one drain of the embed queue did; times in seconds."""
-
-    chunks: int = 0
-    tokens: int = 0
-    batches: int = 0
-    documents_ready: int = 0
-    forward_s: float = 0.0
-    db_s: float = 0.0
-    batch_sizes: list[int] = field(default_factory=list)
-
-
-def embed_pending(
-    model: str,
-    *,
-    sessions: sessionmaker[Session],
-    embed: Callable[[list[str]], object],
-    settings: Settings,
-    max_batches: int | None = None,
-) -> EmbedStats:
-    """Embed pending chunks of `model` across all documents until none is left."""
-    stats = EmbedStats()
-    with sessions.begin() as session:
-        found = store.model_row(session, model)
-    if found is None:
-        return stats
-    model_id, _dim = found
-    while max_batches is None or stats.batches < max_batches:
-        t0 = time.perf_counter()
-        with sessions.begin() as session:
-            batch = store.claim_pending_chunks(
-                session, model_id, max_tokens=settings.embed.max_batch_tokens, lease_s=settings.worker.lease_s
-            )
-        stats.db_s += time.perf_counter() - t0
-        if not batch:
-            break
-        t1 = time.perf_counter()
-        vectors = embed([c.text for c in batch])
-        t2 = time.perf_counter()
-        with sessions.begin() as session:
-            stats.documents_ready += store.write_embeddings(session, model_id, [c.chunk_id for c in batch], vectors)
-        stats.db_s += time.perf_counter() - t2
-        stats.forward_s += t2 - t1
-        stats.chunks += len(batch)
-        stats.tokens += sum(c.token_count for c in batch)
-        stats.batches += 1
-        stats.batch_sizes.append(len(batch))
-    return stats

@@ -8,7 +8,7 @@ from celery import shared_task
 from celery.signals import worker_process_shutdown
 from sqlalchemy.exc import OperationalError
 
-from docpipe import processing, sweeper
+from docpipe import drain, processing, sweeper
 from docpipe.errors import RetryableError
 from docpipe.workers.app import app
 from docpipe.workers.context import get_context
@@ -44,10 +44,25 @@ def embed(model: str) -> dict:
         return {"skipped": "a drain is already running in this worker"}
     try:
         embedder = ctx.embedder(model)
-        stats = processing.embed_pending(model, sessions=ctx.sessions, embed=embedder.embed, settings=ctx.settings)
+        stats = drain.embed_pending(model, sessions=ctx.sessions, embed=embedder.embed, settings=ctx.settings)
     finally:
         ctx.embed_lock.release()
-    return {"chunks": stats.chunks, "batches": stats.batches, "documents_ready": stats.documents_ready}
+    log.info(
+        "embedded %d chunks (%d tokens) in %d batches, %.1f s, model busy %.0f%%, %d documents ready",
+        stats.chunks,
+        stats.tokens,
+        stats.batches,
+        stats.wall_s,
+        100 * stats.model_busy,
+        stats.documents_ready,
+    )
+    return {
+        "chunks": stats.chunks,
+        "batches": stats.batches,
+        "documents_ready": stats.documents_ready,
+        "wall_s": round(stats.wall_s, 3),
+        "model_busy": round(stats.model_busy, 3),
+    }
 
 
 @shared_task(name=RERANK_TASK, autoretry_for=(OperationalError,), max_retries=2)

@@ -1,0 +1,83 @@
+"""The overlapped embed drain against real Postgres, with a fake embedder (fakes are fine for the model)."""
+
+from __future__ import annotations
+
+import hashlib
+
+import numpy as np
+import pytest
+from sqlalchemy import text
+
+from docpipe import store
+from docpipe.config import EmbedConfig, Settings, WorkerConfig
+from docpipe.drain import embed_pending
+from docpipe.types import Chunk
+
+DIM = 4
+MODEL = "test/drain-4d"
+
+
+def fake_embed(texts: list[str]) -> np.ndarray:
+    """Deterministic unit vectors from a hash of each text."""
+    out = np.array([[b / 255 for b in hashlib.sha256(t.encode()).digest()[:DIM]] for t in texts], dtype=np.float32)
+    return out / np.linalg.norm(out, axis=1, keepdims=True)
+
+
+def seed(sessions, name: str, docs: int, chunks_per_doc: int) -> list[int]:
+    ids = []
+    with sessions.begin() as s:
+        coll = store.ensure_collection(s, name, model=MODEL, dim=DIM)
+        rows = store.insert_documents(
+            s, coll.id,
+            [store.NewDocument(f"/{name}/{i}", hashlib.sha256(f"{name}{i}".encode()).digest(), "text/plain",
+                               b"x", 1, {}) for i in range(docs)],
+        )  # fmt: skip
+    for doc_id, _ in rows:
+        with sessions.begin() as s:
+            doc = store.claim_for_parse(s, doc_id, lease_s=60)
+            chunks = [Chunk(j, f"{name} doc {doc_id} chunk {j}", 10 + j % 7, 1, 1) for j in range(chunks_per_doc)]
+            store.save_chunks(s, doc, chunks, page_count=1)
+        ids.append(doc_id)
+    return ids
+
+
+def settings(max_batch_tokens: int = 200) -> Settings:
+    return Settings(embed=EmbedConfig(max_batch_tokens=max_batch_tokens), worker=WorkerConfig(lease_s=60))
+
+
+def test_drain_embeds_every_chunk_of_many_documents_once(sessions) -> None:
+    doc_ids = seed(sessions, "drain-many", docs=30, chunks_per_doc=7)
+    stats = embed_pending(MODEL, sessions=sessions, embed=fake_embed, settings=settings())
+    with sessions.begin() as s:
+        counts = store.state_counts(s, doc_ids)
+        dup = s.execute(text("SELECT count(*) - count(DISTINCT chunk_id) FROM embeddings")).scalar()
+    assert stats.chunks == 30 * 7
+    assert stats.batches > 1 and max(stats.batch_sizes) > 7  # batches span documents
+    assert counts == {"ready": 30}
+    assert dup == 0
+    assert 0 < stats.model_busy <= 1
+
+
+def test_a_failing_forward_pass_propagates_and_loses_nothing(sessions) -> None:
+    doc_ids = seed(sessions, "drain-fail", docs=5, chunks_per_doc=10)
+    calls = 0
+
+    def flaky(texts: list[str]) -> np.ndarray:
+        nonlocal calls
+        calls += 1
+        if calls == 2:
+            raise RuntimeError("device lost")
+        return fake_embed(texts)
+
+    with pytest.raises(RuntimeError, match="device lost"):
+        embed_pending(MODEL, sessions=sessions, embed=flaky, settings=settings(max_batch_tokens=100))
+    with sessions.begin() as s:  # the lease of the failed batch expires (as the sweeper would wait for)
+        s.execute(text("UPDATE embedding_queue SET lease_until = now() - interval '1 s'"))
+    embed_pending(MODEL, sessions=sessions, embed=fake_embed, settings=settings())
+    with sessions.begin() as s:
+        assert store.state_counts(s, doc_ids) == {"ready": 5}
+        n = s.execute(
+            text("SELECT count(*) FROM embeddings e JOIN chunks c ON c.id = e.chunk_id WHERE c.document_id = ANY(:d)"),
+            {"d": doc_ids},
+        ).scalar()
+    assert n == 50
