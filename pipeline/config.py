@@ -11,7 +11,7 @@ import os
 from pathlib import Path
 from typing import Literal
 
-from pydantic import AliasChoices, BaseModel, Field
+from pydantic import AliasChoices, BaseModel, Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
@@ -95,6 +95,15 @@ class Settings(BaseSettings):
     embed: EmbedConfig = EmbedConfig()
     rerank: RerankConfig = RerankConfig()
     worker: WorkerConfig = WorkerConfig()
+
+    @model_validator(mode="after")
+    def _leases_outlive_work(self) -> Settings:
+        if self.worker.lease_s <= self.parse.timeout_s:
+            raise ValueError(
+                f"worker.lease_s ({self.worker.lease_s} s) must exceed parse.timeout_s ({self.parse.timeout_s:g} s), "
+                "or a slow parse would be handed to a second worker"
+            )
+        return self
 
     @property
     def model_cache_dir(self) -> Path:

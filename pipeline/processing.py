@@ -87,15 +87,17 @@ def parse_document(
         )
     except PermanentError as err:
         with sessions.begin() as session:
-            store.fail_document(session, doc.id, str(err))
+            store.fail_document(session, doc, str(err))
         return ParseOutcome(doc.id, "failed", reason=str(err))
     except RetryableError as err:
         with sessions.begin() as session:
             if doc.attempts >= settings.worker.max_attempts:
-                store.fail_document(session, doc.id, f"{err} (after {doc.attempts} attempts)")
+                store.fail_document(session, doc, f"{err} (after {doc.attempts} attempts)")
                 return ParseOutcome(doc.id, "failed", reason=str(err))
-            store.release_for_retry(session, doc.id, str(err))
+            store.release_for_retry(session, doc, str(err))
         raise
     with sessions.begin() as session:
         state = store.save_chunks(session, doc, chunks, page_count=parsed.page_count)
+    if state is None:
+        return ParseOutcome(doc.id, "skipped", reason="claim lost to a newer attempt")
     return ParseOutcome(doc.id, state, model=doc.model, chunks=len(chunks))

@@ -171,8 +171,20 @@ def claim_for_parse(session: Session, document_id: int, *, lease_s: int) -> Clai
     )
 
 
-def save_chunks(session: Session, doc: ClaimedDocument, chunks: Sequence[Chunk], *, page_count: int) -> str:
-    """Replace the document's chunks, queue them for embedding; returns the new state."""
+def still_claimed(session: Session, doc: ClaimedDocument) -> bool:
+    """Lock the document row; True while this claim (its attempt number is the fencing token) holds it."""
+    row = session.execute(text("SELECT state, attempts FROM documents WHERE id = :d FOR UPDATE"), {"d": doc.id}).first()
+    return row is not None and row.state == "parsing" and row.attempts == doc.attempts
+
+
+def save_chunks(session: Session, doc: ClaimedDocument, chunks: Sequence[Chunk], *, page_count: int) -> str | None:
+    """Replace the document's chunks and queue them for embedding; returns the new state.
+
+    None when the claim was lost (lease expired and another worker took over):
+    nothing is written, the newer claim wins.
+    """
+    if not still_claimed(session, doc):
+        return None
     session.execute(text("DELETE FROM chunks WHERE document_id = :d"), {"d": doc.id})
     if chunks:
         with (
@@ -207,25 +219,28 @@ def save_chunks(session: Session, doc: ClaimedDocument, chunks: Sequence[Chunk],
     return state
 
 
-def fail_document(session: Session, document_id: int, reason: str) -> None:
-    session.execute(
-        text(
-            "UPDATE documents SET state = 'failed', last_error = :r, lease_until = NULL, updated_at = now() "
-            "WHERE id = :d AND state <> 'ready'"
-        ),
-        {"d": document_id, "r": reason[:2000]},
-    )
+def fail_document(session: Session, doc: ClaimedDocument, reason: str) -> None:
+    """Fail a document this claim still holds."""
+    if still_claimed(session, doc):
+        session.execute(
+            text(
+                "UPDATE documents SET state = 'failed', last_error = :r, lease_until = NULL, updated_at = now() "
+                "WHERE id = :d"
+            ),
+            {"d": doc.id, "r": reason[:2000]},
+        )
 
 
-def release_for_retry(session: Session, document_id: int, reason: str) -> None:
-    """Put a document back to `queued` after a transient error, keeping the reason."""
-    session.execute(
-        text(
-            "UPDATE documents SET state = 'queued', last_error = :r, lease_until = NULL, updated_at = now() "
-            "WHERE id = :d AND state = 'parsing'"
-        ),
-        {"d": document_id, "r": reason[:2000]},
-    )
+def release_for_retry(session: Session, doc: ClaimedDocument, reason: str) -> None:
+    """Put a document this claim holds back to `queued` after a transient error, keeping the reason."""
+    if still_claimed(session, doc):
+        session.execute(
+            text(
+                "UPDATE documents SET state = 'queued', last_error = :r, lease_until = NULL, updated_at = now() "
+                "WHERE id = :d"
+            ),
+            {"d": doc.id, "r": reason[:2000]},
+        )
 
 
 def state_counts(session: Session, document_ids: Sequence[int]) -> dict[str, int]:

@@ -80,7 +80,7 @@ def tiny_cross_encoder(tmp_path_factory: pytest.TempPathFactory, minilm_dir: Pat
 
 def stack_settings(data_dir: Path, model_cache: Path, reranker: Path | None = None, **worker: object):
     """Settings for a test stack: fast sweeps and leases, two parse processes."""
-    from docpipe.config import RerankConfig, Settings, WorkerConfig
+    from docpipe.config import ParseLimits, RerankConfig, Settings, WorkerConfig
 
     defaults = {"sweep_interval_s": 3, "lease_s": 60, "parse_concurrency": 2, "max_attempts": 3}
     defaults.update(worker)
@@ -90,6 +90,7 @@ def stack_settings(data_dir: Path, model_cache: Path, reranker: Path | None = No
         database_url=None,
         redis_url=None,
         worker=WorkerConfig(**defaults),
+        parse=ParseLimits(timeout_s=min(30.0, float(defaults["lease_s"]) / 2)),
         rerank=RerankConfig(model=str(reranker)) if reranker else RerankConfig(),
     )
 

@@ -42,7 +42,7 @@ def seed(sessions, name: str, docs: int, chunks_per_doc: int) -> list[int]:
 
 
 def settings(max_batch_tokens: int = 200) -> Settings:
-    return Settings(embed=EmbedConfig(max_batch_tokens=max_batch_tokens), worker=WorkerConfig(lease_s=60))
+    return Settings(embed=EmbedConfig(max_batch_tokens=max_batch_tokens), worker=WorkerConfig(lease_s=300))
 
 
 def test_drain_embeds_every_chunk_of_many_documents_once(sessions) -> None:
