@@ -174,8 +174,10 @@ class Client:
         with self.sessions.begin() as session:
             if (found := store.get_collection(session, name)) is not None:
                 return found
+        from docpipe.embed.st_config import read_st_config, resolve_model_dir
+
         model = self.settings.embed.model
-        dim = self.embedder(model).dim
+        dim = read_st_config(resolve_model_dir(model, cache_dir=self.settings.model_cache_dir)).dim
         with self.sessions.begin() as session:
             return store.ensure_collection(session, name, model=model, dim=dim)
 

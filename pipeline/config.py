@@ -72,6 +72,7 @@ class WorkerConfig(BaseModel):
     task_soft_time_limit_s: int = 600
     task_time_limit_s: int = 900
     sweep_interval_s: int = 30  # how often the sweeper re-enqueues stale work
+    requeue_after_s: int = 60  # seconds a queued document waits, parse queue empty, before its message counts as lost
     parse_concurrency: int = 0  # parse processes; 0 means one per core
 
 

@@ -35,17 +35,13 @@ class ChunkTokenizer:
 @lru_cache(maxsize=8)
 def chunk_tokenizer(model: str, cache_dir: Path, max_tokens: int) -> ChunkTokenizer:
     """Load only the tokenizer of `model` (no weights); cap chunks at its max sequence length."""
-    from tokenizers import Tokenizer
-
+    from docpipe.embed.base import load_fast_tokenizer
     from docpipe.embed.st_config import read_st_config, resolve_model_dir
 
-    model_dir = resolve_model_dir(model, cache_dir=cache_dir)
-    tok = Tokenizer.from_file(str(model_dir / "tokenizer.json"))
-    tok.no_truncation()
-    tok.no_padding()
+    st_config = read_st_config(resolve_model_dir(model, cache_dir=cache_dir))
+    tok, _pad_id = load_fast_tokenizer(st_config)
     special = len(tok.encode("", add_special_tokens=True).ids)
-    limit = read_st_config(model_dir).max_seq_length - special
-    return ChunkTokenizer(tok, max(8, min(max_tokens, limit)))
+    return ChunkTokenizer(tok, max(8, min(max_tokens, st_config.max_tokens - special)))
 
 
 @dataclass

@@ -14,8 +14,6 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from docpipe.config import Settings
 
-QUEUED_GRACE_S = 30  # seconds a queued document may wait before its message counts as lost
-
 
 @dataclass
 class StaleWork:
@@ -53,7 +51,7 @@ def find_stale_work(
                     "  OR (state = 'parsing' AND lease_until < now()) "
                     "  ORDER BY id LIMIT :limit FOR UPDATE SKIP LOCKED) RETURNING id"
                 ),
-                {"grace": QUEUED_GRACE_S, "limit": limit, "idle": parse_backlog == 0},
+                {"grace": settings.worker.requeue_after_s, "limit": limit, "idle": parse_backlog == 0},
             ).scalars()
         )
         out.embed_models = list(

@@ -82,7 +82,7 @@ def stack_settings(data_dir: Path, model_cache: Path, reranker: Path | None = No
     """Settings for a test stack: fast sweeps and leases, two parse processes."""
     from docpipe.config import ParseLimits, RerankConfig, Settings, WorkerConfig
 
-    defaults = {"sweep_interval_s": 3, "lease_s": 60, "parse_concurrency": 2, "max_attempts": 3}
+    defaults = {"sweep_interval_s": 2, "lease_s": 60, "requeue_after_s": 5, "parse_concurrency": 2, "max_attempts": 3}
     defaults.update(worker)
     return Settings(
         data_dir=data_dir,
