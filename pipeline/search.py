@@ -12,6 +12,7 @@ from sqlalchemy import bindparam, text
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import Session, sessionmaker
 
+FILTER_JSON = JSONB(none_as_null=True)  # no filter is SQL NULL, not the JSON value null
 RRF_K = 60  # reciprocal-rank-fusion constant (Cormack et al. 2009)
 SearchMode = Literal["hybrid", "vector", "text"]
 
@@ -43,7 +44,7 @@ def vector_candidates(
 ) -> list[Hit]:
     """Nearest chunks by cosine distance through the collection model's HNSW index."""
     rows = session.execute(
-        text("SELECT * FROM docpipe_search(CAST(:q AS vector), :c, :k, :f)").bindparams(bindparam("f", type_=JSONB)),
+        text("SELECT * FROM docpipe_search(CAST(:q AS vector), :c, :k, :f)").bindparams(bindparam("f", type_=FILTER_JSON)),
         {"q": _vector_literal(query_vec), "c": collection, "k": k, "f": where},
     ).all()
     return [
@@ -66,7 +67,7 @@ def text_candidates(session: Session, query: str, collection: str, k: int, where
     """Chunk ids matching the query words (Postgres full text, `websearch` syntax), best first."""
     return list(
         session.execute(
-            text("SELECT chunk_id FROM docpipe_text_search(:q, :c, :k, :f)").bindparams(bindparam("f", type_=JSONB)),
+            text("SELECT chunk_id FROM docpipe_text_search(:q, :c, :k, :f)").bindparams(bindparam("f", type_=FILTER_JSON)),
             {"q": query, "c": collection, "k": k, "f": where},
         ).scalars()
     )

@@ -10,7 +10,7 @@ from docpipe.workers.queues import EMBED_TASK, PARSE_TASK, RERANK_TASK, ROUTES
 
 class CeleryTaskQueue:
     def __init__(self, settings: Settings) -> None:
-        from docpipe.workers.app import make_app
+        from docpipe.workers.celery_app import make_app
 
         self.app = make_app(settings)
 

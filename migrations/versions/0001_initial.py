@@ -158,6 +158,7 @@ END
 $fn$;
 
 -- Full-text candidates for hybrid search (simple dictionary: language-neutral).
+-- Any query word matches; ts_rank_cd ranks chunks with more and closer matches first.
 CREATE FUNCTION docpipe_text_search(query_text text, collection_name text, k integer DEFAULT 10,
                                     metadata_filter jsonb DEFAULT NULL)
 RETURNS TABLE (chunk_id bigint, rank real)
@@ -167,7 +168,8 @@ AS $fn$
     FROM chunks ch
     JOIN documents d   ON d.id = ch.document_id
     JOIN collections c ON c.id = d.collection_id,
-         websearch_to_tsquery('simple', query_text) q
+         -- any of the words (OR), so natural-language queries find partial matches; rank orders them
+         CAST(nullif(replace(CAST(plainto_tsquery('simple', query_text) AS text), '&', '|'), '') AS tsquery) q
     WHERE c.name = collection_name AND ch.tsv @@ q
       AND (metadata_filter IS NULL OR d.metadata @> metadata_filter)
     ORDER BY rank DESC, ch.id

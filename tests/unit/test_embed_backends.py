@@ -1,0 +1,137 @@
+"""Every backend against torch-fp32 on realistic chunks; the ONNX cache; backend auto-selection."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from docpipe.config import EmbedConfig
+from docpipe.embed import Embedder, autoselect, build_embedder, load_embedder, read_st_config
+from docpipe.embed.onnx_export import MODEL_FILE, publish_atomically
+
+MODEL_ID = "sentence-transformers/all-MiniLM-L6-v2"
+
+
+def chunks() -> list[str]:
+    """24 chunk-like texts of one to three paragraphs (some past 256 tokens, so truncated)."""
+    paragraphs = autoselect._PARAGRAPHS
+    return [" ".join(paragraphs[(i + k) % len(paragraphs)] for k in range(1 + i % 3)) for i in range(24)]
+
+
+@pytest.fixture(scope="module")
+def cache_dir(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("model-cache")
+
+
+@pytest.fixture(scope="module")
+def make(minilm_dir, cache_dir):
+    st_config = read_st_config(minilm_dir)
+    cfg = EmbedConfig(model=MODEL_ID, device="cpu", micro_batch_tokens=2048)
+    built: dict[str, Embedder] = {}
+
+    def make(backend: str) -> Embedder:
+        if backend not in built:
+            built[backend] = build_embedder(backend, st_config, cfg=cfg, device="cpu", cache_dir=cache_dir)
+        return built[backend]
+
+    return make
+
+
+@pytest.fixture(scope="module")
+def reference(make) -> np.ndarray:
+    return make("torch-fp32").embed(chunks())
+
+
+@pytest.mark.parametrize(
+    ("backend", "min_mean", "min_each"),
+    [("torch-bf16", 0.999, 0.998), ("onnx", 0.9999, 0.9999), ("onnx-int8", 0.99, 0.98)],
+)
+def test_backend_close_to_fp32(make, reference, backend, min_mean, min_each):
+    embedder = make(backend)
+    assert isinstance(embedder, Embedder)
+    assert (embedder.backend, embedder.device, embedder.dim) == (backend, "cpu", 384)
+    vectors = embedder.embed(chunks())
+    assert vectors.dtype == np.float32 and vectors.shape == reference.shape
+    cosines = (vectors * reference).sum(axis=1)
+    assert cosines.mean() >= min_mean and cosines.min() >= min_each, (cosines.mean(), cosines.min())
+
+
+@pytest.mark.parametrize("backend", ["torch-fp32", "onnx"])
+def test_order_preserved_across_packing(make, backend):
+    embedder = make(backend)
+    texts = [*chunks()[:6], "short", "", "a little longer text here"]
+    together = embedder.embed(texts)
+    reversed_order = embedder.embed(texts[::-1])[::-1]
+    one_by_one = np.concatenate([embedder.embed([t]) for t in texts])
+    np.testing.assert_allclose(together, reversed_order, atol=1e-5)
+    np.testing.assert_allclose(together, one_by_one, atol=1e-5)
+
+
+def test_shape_of_nothing_and_query(make):
+    embedder = make("torch-fp32")
+    assert embedder.embed([]).shape == (0, 384)
+    query = embedder.embed_query("how do I configure replication?")
+    assert query.shape == (384,)
+    np.testing.assert_allclose(query, embedder.embed(["how do I configure replication?"])[0], atol=1e-6)
+    with pytest.raises(TypeError):
+        embedder.embed("one string is not a list of texts")
+
+
+def test_token_counts(make):
+    embedder = make("torch-fp32")
+    assert (embedder.max_tokens, embedder.special_tokens) == (256, 2)
+    long_text = " ".join(chunks()[2] for _ in range(3))
+    counts = embedder.count_tokens(["hello world", "", long_text])
+    assert counts[:2] == [2, 0]
+    assert counts[2] > embedder.max_tokens  # not truncated
+    assert counts[2] == len(embedder.tokenizer.encode(long_text, add_special_tokens=False).ids)
+
+
+def test_onnx_export_is_cached_and_reused(make, minilm_dir, cache_dir):
+    first = make("onnx")
+    exported = first.model_path
+    assert exported.name == MODEL_FILE and exported.parent.parent == cache_dir / "onnx"
+    assert exported.parent.name.startswith("sentence-transformers--all-MiniLM-L6-v2-")
+    stamp = exported.stat().st_mtime_ns
+    again = build_embedder(
+        "onnx", read_st_config(minilm_dir), cfg=EmbedConfig(model=MODEL_ID), device="cpu", cache_dir=cache_dir
+    )
+    assert again.model_path == exported and exported.stat().st_mtime_ns == stamp
+    assert make("onnx-int8").model_path.parent != exported.parent
+    assert not [p for p in (cache_dir / "onnx").iterdir() if p.name.startswith(".")]  # no temp dirs left
+
+
+def test_publish_loses_race_gracefully(tmp_path):
+    final = tmp_path / "onnx" / "model-abc"
+
+    def build_while_another_process_wins(tmp_dir: Path) -> None:
+        (tmp_dir / MODEL_FILE).write_bytes(b"ours")
+        final.mkdir()
+        (final / MODEL_FILE).write_bytes(b"theirs")
+
+    path = publish_atomically(final, build_while_another_process_wins)
+    assert path.read_bytes() == b"theirs"
+    assert [p.name for p in final.parent.iterdir()] == ["model-abc"]
+    assert publish_atomically(final, lambda tmp: pytest.fail("rebuilt a published artifact")) == path
+
+
+def test_auto_measures_once_then_reads_its_decision(cache_dir, monkeypatch):
+    monkeypatch.setattr(autoselect, "sample_texts", lambda: chunks()[:6])  # keep the test quick
+    monkeypatch.setattr(autoselect, "ROUNDS", 1)
+    cfg = EmbedConfig(model=MODEL_ID, backend="auto", device="cpu")
+    embedder = load_embedder(cfg, cache_dir=cache_dir)
+    assert embedder.backend in autoselect.cpu_candidates()
+    assert embedder.embed(["it works"]).shape == (1, 384)
+    [decision_file] = (cache_dir / "embed-backend").iterdir()
+    decision = json.loads(decision_file.read_text())
+    assert decision["backend"] == embedder.backend
+    assert decision["measured"]["torch-fp32"]["passed"]
+
+    def no_measuring(*args, **kwargs):
+        raise AssertionError("measured again despite a cached decision")
+
+    monkeypatch.setattr(autoselect, "_time_interleaved", no_measuring)
+    assert load_embedder(cfg, cache_dir=cache_dir).backend == embedder.backend
