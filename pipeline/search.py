@@ -44,7 +44,9 @@ def vector_candidates(
 ) -> list[Hit]:
     """Nearest chunks by cosine distance through the collection model's HNSW index."""
     rows = session.execute(
-        text("SELECT * FROM docpipe_search(CAST(:q AS vector), :c, :k, :f)").bindparams(bindparam("f", type_=FILTER_JSON)),
+        text("SELECT * FROM docpipe_search(CAST(:q AS vector), :c, :k, :f)").bindparams(
+            bindparam("f", type_=FILTER_JSON)
+        ),
         {"q": _vector_literal(query_vec), "c": collection, "k": k, "f": where},
     ).all()
     return [
@@ -67,7 +69,9 @@ def text_candidates(session: Session, query: str, collection: str, k: int, where
     """Chunk ids matching the query words (Postgres full text, `websearch` syntax), best first."""
     return list(
         session.execute(
-            text("SELECT chunk_id FROM docpipe_text_search(:q, :c, :k, :f)").bindparams(bindparam("f", type_=FILTER_JSON)),
+            text("SELECT chunk_id FROM docpipe_text_search(:q, :c, :k, :f)").bindparams(
+                bindparam("f", type_=FILTER_JSON)
+            ),
             {"q": query, "c": collection, "k": k, "f": where},
         ).scalars()
     )
