@@ -78,9 +78,11 @@ def tiny_cross_encoder(tmp_path_factory: pytest.TempPathFactory, minilm_dir: Pat
     return build_tiny_cross_encoder(tmp_path_factory.mktemp("cross-encoder"), minilm_dir)
 
 
-def stack_settings(data_dir: Path, model_cache: Path, reranker: Path | None = None, **worker: object):
+def stack_settings(
+    data_dir: Path, model_cache: Path, reranker: Path | None = None, *, backend: str = "auto", **worker: object
+):
     """Settings for a test stack: fast sweeps and leases, two parse processes."""
-    from docpipe.config import ParseLimits, RerankConfig, Settings, WorkerConfig
+    from docpipe.config import EmbedConfig, ParseLimits, RerankConfig, Settings, WorkerConfig
 
     defaults = {"sweep_interval_s": 2, "lease_s": 60, "requeue_after_s": 5, "parse_concurrency": 2, "max_attempts": 3}
     defaults.update(worker)
@@ -92,6 +94,7 @@ def stack_settings(data_dir: Path, model_cache: Path, reranker: Path | None = No
         worker=WorkerConfig(**defaults),
         parse=ParseLimits(timeout_s=min(30.0, float(defaults["lease_s"]) / 2)),
         rerank=RerankConfig(model=str(reranker)) if reranker else RerankConfig(),
+        embed=EmbedConfig(backend=backend),
     )
 
 

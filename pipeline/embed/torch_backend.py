@@ -19,7 +19,7 @@ from tokenizers import Encoding
 from docpipe.embed.base import PackedEmbedder
 from docpipe.embed.oom import is_cuda_oom, run_with_oom_split
 from docpipe.embed.pooling import pool_torch
-from docpipe.embed.runtime import use_all_cpus_for_torch
+from docpipe.embed.runtime import cpu_has_bf16, use_all_cpus_for_torch
 from docpipe.embed.st_config import StModelConfig
 
 if TYPE_CHECKING:
@@ -55,6 +55,8 @@ class TorchEmbedder(PackedEmbedder):
         self.device = device
         if device == "cpu":
             use_all_cpus_for_torch()
+            if dtype != "fp32" and not cpu_has_bf16():
+                log.warning("%s on a CPU without native bfloat16 (AVX512-BF16/AMX) is likely slow", self.backend)
         self.model = load_auto_model(
             st_config.transformer_dir,
             dtype={"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[dtype],

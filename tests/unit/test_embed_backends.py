@@ -16,9 +16,9 @@ MODEL_ID = "sentence-transformers/all-MiniLM-L6-v2"
 
 
 def chunks() -> list[str]:
-    """24 chunk-like texts of one to three paragraphs (some past 256 tokens, so truncated)."""
+    """16 chunk-like texts of one to three paragraphs (some past 256 tokens, so truncated)."""
     paragraphs = autoselect._PARAGRAPHS
-    return [" ".join(paragraphs[(i + k) % len(paragraphs)] for k in range(1 + i % 3)) for i in range(24)]
+    return [" ".join(paragraphs[(i + k) % len(paragraphs)] for k in range(1 + i % 3)) for i in range(16)]
 
 
 @pytest.fixture(scope="module")
