@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -22,6 +23,16 @@ from docpipe.task_queue import TaskQueue, load_task_queue
 __all__ = ["Client", "FailedDocument", "Hit", "Job"]
 
 INGEST_TX_BYTES = 256 * 2**20  # bytes stored per transaction before its documents are enqueued
+COLLECTION_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")  # the schema's CHECK, said early and clearly
+
+
+def check_collection_name(name: str) -> str:
+    if not COLLECTION_NAME.fullmatch(name):
+        raise ValueError(
+            f"invalid collection name {name!r}: "
+            "use 1-128 letters, digits, '_', '.' or '-', starting with a letter or digit"
+        )
+    return name
 
 
 @dataclass
@@ -139,7 +150,9 @@ class Client:
         metadata: dict[str, Any] | None = None,
     ) -> Job:
         """Store files (bytes + sha256) and enqueue them for parsing; same bytes again are a no-op."""
-        collection = collection or self.settings.default_collection
+        collection = check_collection_name(collection or self.settings.default_collection)
+        if metadata is not None and not isinstance(metadata, dict):
+            raise ValueError("metadata must be a dict")
         if isinstance(paths, (str, Path)):
             paths = [paths]
         started = time.perf_counter()
@@ -219,7 +232,9 @@ class Client:
             raise ValueError("empty query")
         if k < 1:
             raise ValueError("k must be at least 1")
-        collection = collection or self.settings.default_collection
+        collection = check_collection_name(collection or self.settings.default_collection)
+        if where is not None and not isinstance(where, dict):
+            raise ValueError("where must be a dict (JSON containment filter on document metadata)")
         with self.sessions.begin() as session:
             coll = store.get_collection(session, collection)
         if coll is None:

@@ -211,7 +211,7 @@ def save_chunks(session: Session, doc: ClaimedDocument, chunks: Sequence[Chunk],
     session.execute(
         text(
             "UPDATE documents SET state = :s, page_count = :p, chunk_count = :n, lease_until = NULL, "
-            "last_error = CASE WHEN :n = 0 THEN 'no text found (scanned or image-only?)' END, "
+            "last_error = CASE WHEN :n = 0 THEN 'no text found (scanned, image-only or empty document)' END, "
             "updated_at = now() WHERE id = :d"
         ),
         {"s": state, "p": page_count, "n": len(chunks), "d": doc.id},

@@ -5,7 +5,6 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable
 
-from docpipe.errors import EmptyDocument
 from docpipe.types import Block, ParsedDocument
 
 # C0 controls except \t and \n (\r is turned into \n first), DEL, and lone surrogates:
@@ -74,11 +73,14 @@ class HeadingPath:
 
 
 def text_document(blocks: list[Block], *, title: str | None = None) -> ParsedDocument:
-    """The result for a page-less format; a document without any text is an ``EmptyDocument``."""
+    """The result for a page-less format.
+
+    A readable file without text (a .docx of images, say) is not an error, just as a scanned PDF
+    is not: it parses to no blocks, with a warning, and ends ready with no chunks.
+    """
     kept = [block for block in blocks if block.text.strip()]
-    if not kept:
-        raise EmptyDocument("document has no text")
-    return ParsedDocument(blocks=kept, page_count=1, title=clean_title(title))
+    warnings = [] if kept else ["document has no text"]
+    return ParsedDocument(blocks=kept, page_count=1, title=clean_title(title), warnings=warnings)
 
 
 def clean_title(title: str | None) -> str | None:

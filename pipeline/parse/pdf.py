@@ -63,9 +63,7 @@ class _Outline:
                     self._headings.enter(level, title)
                     if _key(title) == _key(text):
                         break
-            blocks.append(
-                Block(text=text, page=page, heading_path=self._headings.path, is_heading=is_heading)
-            )
+            blocks.append(Block(text=text, page=page, heading_path=self._headings.path, is_heading=is_heading))
         for _, level, title in on_page:
             self._headings.enter(level, title)
         return blocks
@@ -135,6 +133,4 @@ def parse_pdf(data: bytes, *, max_pages: int) -> ParsedDocument:
     if not blocks:
         warnings.append(NO_TEXT_LAYER)
     warnings.extend(pymupdf.TOOLS.mupdf_warnings().splitlines())
-    return ParsedDocument(
-        blocks=blocks, page_count=page_count, title=title, warnings=truncate_warnings(warnings)
-    )
+    return ParsedDocument(blocks=blocks, page_count=page_count, title=title, warnings=truncate_warnings(warnings))

@@ -60,9 +60,7 @@ def document_from_json(obj: dict[str, Any]) -> ParsedDocument:
         Block(text=text, page=page, heading_path=tuple(path), is_heading=is_heading)
         for text, page, path, is_heading in obj["blocks"]
     ]
-    return ParsedDocument(
-        blocks=blocks, page_count=obj["page_count"], title=obj["title"], warnings=obj["warnings"]
-    )
+    return ParsedDocument(blocks=blocks, page_count=obj["page_count"], title=obj["title"], warnings=obj["warnings"])
 
 
 def error_from_reply(name: str, message: str) -> errors.DocpipeError:

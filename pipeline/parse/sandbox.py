@@ -147,9 +147,7 @@ class _Child:
                 pipe.close()
 
 
-def _guarded(
-    child: _Child, call: Callable[[], dict[str, Any]], *, timed_out: str, died: str
-) -> dict[str, Any]:
+def _guarded(child: _Child, call: Callable[[], dict[str, Any]], *, timed_out: str, died: str) -> dict[str, Any]:
     """``call()``'s reply from ``child``; if the child hangs, dies, garbles or is interrupted
     (e.g. by a Celery soft time limit, leaving the pipe out of step), stop and reap it."""
     try:

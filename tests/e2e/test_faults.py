@@ -63,8 +63,13 @@ def snapshot(client: Client, document_ids: list[int]) -> dict:
             )
         ).one()
     results = {q: exact_top(client, q) for q in QUERIES}
-    return {"states": {Path(k).name: v for k, v in states.items()}, "chunks": chunks, "embeddings": embeddings,
-            "duplicates": duplicates, "search": results}  # fmt: skip
+    return {
+        "states": {Path(k).name: v for k, v in states.items()},
+        "chunks": chunks,
+        "embeddings": embeddings,
+        "duplicates": duplicates,
+        "search": results,
+    }
 
 
 def exact_top(client: Client, query: str, k: int = 5) -> list[tuple[str, int, str, float]]:
@@ -196,10 +201,11 @@ def test_same_document_enqueued_twice_at_once(tmp_path, model_cache, corpus_dir,
     def fault(stack: Stack, client: Client, ids: list[int]) -> None:
         threads = [threading.Thread(target=client.task_queue.enqueue_parse, args=(ids,)) for _ in range(3)]
         threads += [
-            threading.Thread(target=client.ingest, args=([corpus_dir / f for f in FAULT_DOCS],),
-                             kwargs={"collection": "faults"})
+            threading.Thread(
+                target=client.ingest, args=([corpus_dir / f for f in FAULT_DOCS],), kwargs={"collection": "faults"}
+            )
             for _ in range(2)
-        ]  # fmt: skip
+        ]
         for t in threads:
             t.start()
         for t in threads:
@@ -229,8 +235,12 @@ def test_parser_crash_fails_only_the_poison_document(tmp_path, model_cache, corp
         client.task_queue.enqueue_parse(poison)
 
     def check(stack: Stack, client: Client) -> None:
-        wait_for(lambda: count(client, "SELECT count(*) FROM documents WHERE id = :d AND state = 'failed'",
-                               d=poison[0]) == 1, what="the poison document to fail")  # fmt: skip
+        wait_for(
+            lambda: (
+                count(client, "SELECT count(*) FROM documents WHERE id = :d AND state = 'failed'", d=poison[0]) == 1
+            ),
+            what="the poison document to fail",
+        )
         with client.sessions.begin() as s:
             reason = s.execute(text("SELECT last_error FROM documents WHERE id = :d"), {"d": poison[0]}).scalar_one()
         assert "parser crashed (SIGSEGV)" in reason

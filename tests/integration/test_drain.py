@@ -28,10 +28,15 @@ def seed(sessions, name: str, docs: int, chunks_per_doc: int) -> list[int]:
     with sessions.begin() as s:
         coll = store.ensure_collection(s, name, model=MODEL, dim=DIM)
         rows = store.insert_documents(
-            s, coll.id,
-            [store.NewDocument(f"/{name}/{i}", hashlib.sha256(f"{name}{i}".encode()).digest(), "text/plain",
-                               b"x", 1, {}) for i in range(docs)],
-        )  # fmt: skip
+            s,
+            coll.id,
+            [
+                store.NewDocument(
+                    f"/{name}/{i}", hashlib.sha256(f"{name}{i}".encode()).digest(), "text/plain", b"x", 1, {}
+                )
+                for i in range(docs)
+            ],
+        )
     for doc_id, _ in rows:
         with sessions.begin() as s:
             doc = store.claim_for_parse(s, doc_id, lease_s=60)

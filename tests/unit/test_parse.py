@@ -92,9 +92,9 @@ def test_zero_bytes_is_empty(media_type: str) -> None:
         (b"<html><body><script>var x = 1;</script><nav>menu</nav></body></html>", HTML),
     ],
 )
-def test_no_text_is_empty_document(data: bytes, media_type: str) -> None:
-    with pytest.raises(EmptyDocument, match="document has no text"):
-        parse(data, media_type)
+def test_no_text_parses_to_no_blocks_with_a_warning(data: bytes, media_type: str) -> None:
+    doc = parse(data, media_type)
+    assert doc.blocks == [] and doc.warnings == ["document has no text"]
 
 
 @pytest.mark.parametrize(
@@ -363,13 +363,11 @@ def test_corpus_docx_with_comments(corpus_dir: Path) -> None:
 
 @pytest.mark.parametrize("name", ["doc-no-coreprops.docx", "having-images.docx", "tbl-2x2-table.docx"])
 def test_corpus_docx_without_text(corpus_dir: Path, name: str) -> None:
-    with pytest.raises(EmptyDocument, match="document has no text"):
-        parse((corpus_dir / "other" / name).read_bytes(), DOCX)
+    doc = parse((corpus_dir / "other" / name).read_bytes(), DOCX)
+    assert doc.blocks == [] and doc.warnings == ["document has no text"]
 
 
-@pytest.mark.parametrize(
-    "data", [b"PK\x03\x04 truncated zip", b"not a zip at all", b"PK\x05\x06" + bytes(18)]
-)
+@pytest.mark.parametrize("data", [b"PK\x03\x04 truncated zip", b"not a zip at all", b"PK\x05\x06" + bytes(18)])
 def test_corrupt_docx(data: bytes) -> None:
     with pytest.raises(CorruptDocument, match="cannot open DOCX"):
         parse(data, DOCX)

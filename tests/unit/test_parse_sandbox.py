@@ -90,9 +90,7 @@ def test_every_broken_pdf_fails_with_a_reason(
         assert len(str(err)) > 10, (name, err)
 
 
-def test_every_ok_pdf_parses(
-    sandbox: SandboxedParser, corpus_dir: Path, manifest: list[dict[str, str]]
-) -> None:
+def test_every_ok_pdf_parses(sandbox: SandboxedParser, corpus_dir: Path, manifest: list[dict[str, str]]) -> None:
     for row in rows_of(manifest, "ok_text", "ok_little_text"):
         doc = sandbox.parse((corpus_dir / row["file"]).read_bytes(), PDF)
         assert doc.page_count == int(row["pages"]), row["file"]
@@ -100,9 +98,7 @@ def test_every_ok_pdf_parses(
             assert sum(len("".join(b.text.split())) for b in doc.blocks) >= 100, row["file"]
 
 
-def test_slow_files_are_fast(
-    sandbox: SandboxedParser, corpus_dir: Path, manifest: list[dict[str, str]]
-) -> None:
+def test_slow_files_are_fast(sandbox: SandboxedParser, corpus_dir: Path, manifest: list[dict[str, str]]) -> None:
     slow = [row for row in manifest if "SLOW:" in row["note"]]
     assert slow
     for row in slow:
@@ -115,9 +111,7 @@ def test_slow_files_are_fast(
     ("name", "media_type"),
     [("readability__README.md", MARKDOWN), ("wikipedia.html", HTML), ("par-known-paragraphs.docx", DOCX)],
 )
-def test_other_formats_with_headings(
-    sandbox: SandboxedParser, corpus_dir: Path, name: str, media_type: str
-) -> None:
+def test_other_formats_with_headings(sandbox: SandboxedParser, corpus_dir: Path, name: str, media_type: str) -> None:
     doc = sandbox.parse((corpus_dir / "other" / name).read_bytes(), media_type)
     assert any(b.is_heading for b in doc.blocks)
     assert any(b.heading_path and not b.is_heading for b in doc.blocks)

@@ -1,0 +1,45 @@
+"""The whole shared corpus through the running stack: no worker deaths, every file where MANIFEST says."""
+
+from __future__ import annotations
+
+import re
+from collections import Counter
+from pathlib import Path
+
+import pytest
+from sqlalchemy import text
+
+pytestmark = pytest.mark.slow
+
+CAUSE = re.compile(r"password|no pages|cannot open|extraction failed|page tree|corrupt|invalid|format error", re.I)
+
+
+def test_whole_corpus(stack, client, corpus_dir: Path, manifest: list[dict[str, str]]) -> None:
+    files = [corpus_dir / row["file"] for row in manifest]
+    job = client.ingest(files, collection="corpus")
+    assert job.skipped == 0 and len(job.document_ids) == len(files)
+    job.wait(timeout_s=1800)
+    with client.sessions.begin() as s:
+        rows = s.execute(
+            text("SELECT source, state, last_error, chunk_count FROM documents WHERE id = ANY(:i)"),
+            {"i": job.document_ids},
+        ).all()
+    outcome = {Path(r.source).resolve(): r for r in rows}
+    table, problems = [], []
+    for row in manifest:
+        got = outcome[(corpus_dir / row["file"]).resolve()]
+        table.append(
+            f"{row['file'][:70]:<70} {row['class']:<15} {got.state:<7} {got.chunk_count or 0:>5} "
+            f"{(got.last_error or '')[:70]}"
+        )
+        klass = row["class"]
+        if klass.startswith(("ok_", "other_")) and got.state != "ready":
+            problems.append(f"{row['file']}: {klass} ended {got.state}: {got.last_error}")
+        if klass == "ok_text" and not got.chunk_count:
+            problems.append(f"{row['file']}: ok_text without chunks")
+        if klass in ("encrypted", "broken") and (got.state != "failed" or not CAUSE.search(got.last_error or "")):
+            problems.append(f"{row['file']}: {klass} ended {got.state}: {got.last_error}")
+    print("\n" + "\n".join(table))
+    print(Counter((row["class"], outcome[(corpus_dir / row["file"]).resolve()].state) for row in manifest))
+    assert not problems, "\n".join(problems)
+    assert all(w.restarts == 0 and w.proc.poll() is None for w in stack.workers), "a worker died"
