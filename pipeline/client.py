@@ -150,7 +150,7 @@ class Client:
         metadata: dict[str, Any] | None = None,
     ) -> Job:
         """Store files (bytes + sha256) and enqueue them for parsing; same bytes again are a no-op."""
-        collection = check_collection_name(collection or self.settings.default_collection)
+        collection = check_collection_name(self.settings.default_collection if collection is None else collection)
         if metadata is not None and not isinstance(metadata, dict):
             raise ValueError("metadata must be a dict")
         if isinstance(paths, (str, Path)):
@@ -232,7 +232,7 @@ class Client:
             raise ValueError("empty query")
         if k < 1:
             raise ValueError("k must be at least 1")
-        collection = check_collection_name(collection or self.settings.default_collection)
+        collection = check_collection_name(self.settings.default_collection if collection is None else collection)
         if where is not None and not isinstance(where, dict):
             raise ValueError("where must be a dict (JSON containment filter on document metadata)")
         with self.sessions.begin() as session:
