@@ -33,6 +33,7 @@ class ParseLimits(BaseModel):
     max_pages: int = 10_000  # pages; longer PDFs fail as too large
     timeout_s: float = 120.0  # wall seconds for the whole parse
     memory_mb: int = 3072  # address-space limit of the parser child, MiB
+    split_pages: int = 64  # PDFs longer than this many pages are parsed in ranges of it, in parallel tasks; 0: never
 
 
 class TokenChunker(BaseModel):

@@ -8,8 +8,8 @@ parser or the model runs, a short one to write.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 
@@ -19,7 +19,8 @@ from docpipe import store
 from docpipe.chunk import chunk_blocks
 from docpipe.config import Settings
 from docpipe.errors import PermanentError, RetryableError
-from docpipe.parse import SandboxedParser
+from docpipe.parse import PDF, SandboxedParser, normalize_media_type, with_page_range
+from docpipe.types import Block
 
 log = logging.getLogger(__name__)
 
@@ -47,10 +48,34 @@ def chunk_tokenizer(model: str, cache_dir: Path, max_tokens: int) -> ChunkTokeni
 @dataclass
 class ParseOutcome:
     document_id: int
-    state: str  # new state, or "skipped" when the document was not ours to parse
+    state: str  # new state; "split" when page ranges were handed out; "skipped" when not ours
     model: str | None = None
     chunks: int = 0
     reason: str | None = None
+    attempt: int = 0
+    parts: list[int] = field(default_factory=list)  # page-range parts to enqueue, when split
+
+
+def _tokenizer_for(settings: Settings) -> Callable[[str], ChunkTokenizer]:
+    return lambda model: chunk_tokenizer(model, settings.model_cache_dir, settings.chunk.max_tokens)
+
+
+def _chunk(blocks: Sequence[Block], tok: ChunkTokenizer, settings: Settings) -> list:
+    overlap = min(settings.chunk.overlap_tokens, tok.max_tokens // 2)
+    return chunk_blocks(blocks, tok.tokenizer, max_tokens=tok.max_tokens, overlap_tokens=overlap)
+
+
+def _save(sessions: sessionmaker[Session], doc: store.ClaimedDocument, chunks: list, page_count: int) -> ParseOutcome:
+    with sessions.begin() as session:
+        state = store.save_chunks(session, doc, chunks, page_count=page_count)
+    if state is None:
+        return ParseOutcome(doc.id, "skipped", reason="claim lost to a newer attempt")
+    return ParseOutcome(doc.id, state, model=doc.model, chunks=len(chunks))
+
+
+def page_ranges(page_count: int, size: int) -> list[tuple[int, int]]:
+    """1-based inclusive ranges of `size` pages covering pages size+1..page_count."""
+    return [(start, min(start + size - 1, page_count)) for start in range(size + 1, page_count + 1, size)]
 
 
 def parse_document(
@@ -63,24 +88,30 @@ def parse_document(
 ) -> ParseOutcome:
     """Claim, parse (sandboxed), chunk and store one document.
 
+    A PDF longer than `parse.split_pages` is split: this call parses the first
+    range and returns the other parts for separate tasks (see `parse_part`).
     Permanent errors fail the document with their message as the reason;
     retryable ones put it back to `queued` and propagate, until the attempt
     limit fails it for good.
     """
-    tokenizer_for = tokenizer_for or (lambda m: chunk_tokenizer(m, settings.model_cache_dir, settings.chunk.max_tokens))
+    tokenizer_for = tokenizer_for or _tokenizer_for(settings)
     with sessions.begin() as session:
         doc = store.claim_for_parse(session, document_id, lease_s=settings.worker.lease_s)
     if doc is None:
         return ParseOutcome(document_id, "skipped")
+    split = settings.parse.split_pages
+    splittable = split > 0 and normalize_media_type(doc.media_type) == PDF
     try:
-        parsed = parser.parse(doc.content, doc.media_type)
-        tok = tokenizer_for(doc.model)
-        chunks = chunk_blocks(
-            parsed.blocks,
-            tok.tokenizer,
-            max_tokens=tok.max_tokens,
-            overlap_tokens=min(settings.chunk.overlap_tokens, tok.max_tokens // 2),
-        )
+        parsed = parser.parse(doc.content, with_page_range(PDF, 1, split) if splittable else doc.media_type)
+        if splittable and parsed.page_count > split:
+            ranges = page_ranges(parsed.page_count, split)
+            with sessions.begin() as session:
+                kept = store.split_into_parts(session, doc, parsed.blocks, ranges, page_count=parsed.page_count,
+                                              lease_s=settings.worker.lease_s)  # fmt: skip
+            if not kept:
+                return ParseOutcome(doc.id, "skipped", reason="claim lost to a newer attempt")
+            return ParseOutcome(doc.id, "split", attempt=doc.attempts, parts=list(range(1, len(ranges) + 1)))
+        chunks = _chunk(parsed.blocks, tokenizer_for(doc.model), settings)
     except PermanentError as err:
         with sessions.begin() as session:
             store.fail_document(session, doc, str(err))
@@ -92,8 +123,42 @@ def parse_document(
                 return ParseOutcome(doc.id, "failed", reason=str(err))
             store.release_for_retry(session, doc, str(err))
         raise
+    return _save(sessions, doc, chunks, parsed.page_count)
+
+
+def parse_part(
+    document_id: int,
+    part: int,
+    attempt: int,
+    *,
+    sessions: sessionmaker[Session],
+    parser: SandboxedParser,
+    settings: Settings,
+    tokenizer_for: Callable[[str], ChunkTokenizer] | None = None,
+) -> ParseOutcome:
+    """Parse one page range of a split PDF; the last part to finish chunks the whole document.
+
+    Chunking sees every page at once, so chunks (and their overlap) are the
+    same as if one task had parsed the document. A retryable error propagates
+    for the task to retry; the document's lease (renewed by every finished
+    part) lets the sweeper start over if a part is lost for good.
+    """
     with sessions.begin() as session:
-        state = store.save_chunks(session, doc, chunks, page_count=parsed.page_count)
-    if state is None:
-        return ParseOutcome(doc.id, "skipped", reason="claim lost to a newer attempt")
-    return ParseOutcome(doc.id, state, model=doc.model, chunks=len(chunks))
+        work = store.part_to_parse(session, document_id, part, attempt)
+    if work is None:
+        return ParseOutcome(document_id, "skipped")
+    doc = work.claim
+    try:
+        parsed = parser.parse(doc.content, with_page_range(PDF, work.page_start, work.page_end))
+    except PermanentError as err:
+        with sessions.begin() as session:
+            store.fail_document(session, doc, f"pages {work.page_start}-{work.page_end}: {err}")
+        return ParseOutcome(doc.id, "failed", reason=str(err))
+    with sessions.begin() as session:
+        last = store.finish_part(session, doc, part, parsed.blocks, lease_s=settings.worker.lease_s)
+    if not last:
+        return ParseOutcome(doc.id, "parsing")
+    with sessions.begin() as session:
+        blocks = store.part_blocks(session, doc.id)
+    chunks = _chunk(blocks, (tokenizer_for or _tokenizer_for(settings))(doc.model), settings)
+    return _save(sessions, doc, chunks, parsed.page_count)

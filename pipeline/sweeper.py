@@ -27,8 +27,9 @@ def find_stale_work(
 ) -> StaleWork:
     """Fail documents out of attempts; name documents and models to enqueue again.
 
-    Queued documents count as lost only while the parse queue is empty
-    (`parse_backlog` messages waiting): a long backlog is not a lost message.
+    Queued documents, and split PDFs whose parts are late, count as lost only
+    while the parse queue is empty (`parse_backlog` messages waiting): a long
+    backlog is not a lost message.
     """
     max_attempts = settings.worker.max_attempts
     out = StaleWork()
@@ -48,7 +49,8 @@ def find_stale_work(
                     "UPDATE documents SET updated_at = now() WHERE id IN ("
                     "  SELECT id FROM documents WHERE "
                     "  (state = 'queued' AND :idle AND updated_at < now() - make_interval(secs => :grace)) "
-                    "  OR (state = 'parsing' AND lease_until < now()) "
+                    "  OR (state = 'parsing' AND lease_until < now() AND (:idle OR NOT EXISTS ("
+                    "      SELECT 1 FROM document_parts p WHERE p.document_id = documents.id))) "
                     "  ORDER BY id LIMIT :limit FOR UPDATE SKIP LOCKED) RETURNING id"
                 ),
                 {"grace": settings.worker.requeue_after_s, "limit": limit, "idle": parse_backlog == 0},

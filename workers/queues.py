@@ -5,12 +5,14 @@ EMBED_QUEUE = "embed"  # GPU (or fast-CPU) workers
 RERANK_QUEUE = "rerank"  # query-time cross-encoder, beside the embedder
 
 PARSE_TASK = "docpipe.parse"
+PARSE_PART_TASK = "docpipe.parse_part"
 EMBED_TASK = "docpipe.embed"
 RERANK_TASK = "docpipe.rerank"
 SWEEP_TASK = "docpipe.sweep"
 
 ROUTES = {
     PARSE_TASK: {"queue": PARSE_QUEUE},
+    PARSE_PART_TASK: {"queue": PARSE_QUEUE},
     SWEEP_TASK: {"queue": PARSE_QUEUE},
     EMBED_TASK: {"queue": EMBED_QUEUE},
     RERANK_TASK: {"queue": RERANK_QUEUE},

@@ -12,7 +12,7 @@ from docpipe import drain, processing, sweeper
 from docpipe.errors import RetryableError
 from docpipe.workers.app import app
 from docpipe.workers.context import get_context
-from docpipe.workers.queues import EMBED_TASK, PARSE_QUEUE, PARSE_TASK, RERANK_TASK, SWEEP_TASK
+from docpipe.workers.queues import EMBED_TASK, PARSE_PART_TASK, PARSE_QUEUE, PARSE_TASK, RERANK_TASK, SWEEP_TASK
 
 log = logging.getLogger(__name__)
 TRANSIENT = (RetryableError, OperationalError, ConnectionError)
@@ -29,9 +29,38 @@ def parse(document_id: int) -> dict:
     """Parse and chunk one document; wake the embedder for its model."""
     ctx = _ctx()
     out = processing.parse_document(document_id, sessions=ctx.sessions, parser=ctx.parser, settings=ctx.settings)
+    for part in out.parts:  # a long PDF: its other page ranges go to any free parse process
+        parse_part.delay(document_id, part, out.attempt)
+    return _next_step(out)
+
+
+@shared_task(
+    name=PARSE_PART_TASK,
+    autoretry_for=TRANSIENT,
+    retry_backoff=2,
+    retry_backoff_max=120,
+    retry_jitter=True,
+    max_retries=5,
+)
+def parse_part(document_id: int, part: int, attempt: int) -> dict:
+    """Parse one page range of a split PDF; the last range to finish chunks the document."""
+    ctx = _ctx()
+    out = processing.parse_part(
+        document_id, part, attempt, sessions=ctx.sessions, parser=ctx.parser, settings=ctx.settings
+    )
+    return _next_step(out)
+
+
+def _next_step(out: processing.ParseOutcome) -> dict:
     if out.state == "embedding" and out.model:
         embed.delay(out.model)
-    return {"document_id": out.document_id, "state": out.state, "chunks": out.chunks, "reason": out.reason}
+    return {
+        "document_id": out.document_id,
+        "state": out.state,
+        "chunks": out.chunks,
+        "reason": out.reason,
+        "parts": len(out.parts),
+    }
 
 
 @shared_task(

@@ -19,11 +19,21 @@ from docpipe.parse.media import (
     TEXT,
     detect_media_type,
     normalize_media_type,
+    page_range,
+    with_page_range,
 )
 from docpipe.parse.sandbox import SandboxedParser
 from docpipe.types import ParsedDocument
 
-__all__ = ["SUPPORTED_MEDIA_TYPES", "SandboxedParser", "detect_media_type", "parse_bytes"]
+__all__ = [
+    "PDF",
+    "SUPPORTED_MEDIA_TYPES",
+    "SandboxedParser",
+    "detect_media_type",
+    "normalize_media_type",
+    "parse_bytes",
+    "with_page_range",
+]
 
 _PARSERS = {  # media type -> (module, function); the function takes (data) or (data, max_pages=)
     PDF: ("docpipe.parse.pdf", "parse_pdf"),
@@ -43,7 +53,9 @@ def parse_bytes(data: bytes, media_type: str, *, max_pages: int) -> ParsedDocume
         raise EmptyDocument("document is empty (0 bytes)")
     module, function = _PARSERS[kind]
     parse = getattr(importlib.import_module(module), function)
-    return parse(data, max_pages=max_pages) if kind == PDF else parse(data)
+    if kind == PDF:
+        return parse(data, max_pages=max_pages, pages=page_range(media_type))
+    return parse(data)
 
 
 def preload_parsers() -> None:

@@ -31,6 +31,21 @@ def normalize_media_type(media_type: str) -> str:
     return media_type.split(";", 1)[0].strip().lower()
 
 
+def page_range(media_type: str) -> tuple[int, int] | None:
+    """The ``pages=FIRST-LAST`` parameter of a media type (1-based, inclusive), if any."""
+    for param in media_type.split(";")[1:]:
+        key, _, value = param.partition("=")
+        if key.strip().lower() == "pages":
+            first, _, last = value.strip().partition("-")
+            return int(first), int(last)
+    return None
+
+
+def with_page_range(media_type: str, first: int, last: int) -> str:
+    """``application/pdf`` → ``application/pdf; pages=65-128``: parse only those pages."""
+    return f"{normalize_media_type(media_type)}; pages={first}-{last}"
+
+
 def detect_media_type(name: str, head: bytes) -> str | None:
     """The media type from magic bytes in ``head`` (the file's first few KiB), else from the
     extension of ``name``; None when docpipe has no parser for it."""

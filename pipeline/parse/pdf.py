@@ -118,16 +118,21 @@ def _outline(doc: pymupdf.Document, warnings: list[str]) -> _Outline:
         return _Outline([])
 
 
-def parse_pdf(data: bytes, *, max_pages: int) -> ParsedDocument:
-    """A PDF's text blocks with 1-based page numbers; a PDF without a text layer gives no blocks."""
+def parse_pdf(data: bytes, *, max_pages: int, pages: tuple[int, int] | None = None) -> ParsedDocument:
+    """A PDF's text blocks with 1-based page numbers; a PDF without a text layer gives no blocks.
+
+    ``pages`` (first, last; 1-based, inclusive) parses only that range, for documents split across
+    workers; ``page_count`` is always the whole document's.
+    """
     silence_mupdf()
     pymupdf.TOOLS.reset_mupdf_warnings()
     warnings: list[str] = []
     with _open(data) as doc:
         page_count = _page_count(doc, max_pages)
+        first, last = pages or (1, page_count)
         outline = _outline(doc, warnings)
         blocks: list[Block] = []
-        for index in range(page_count):
+        for index in range(max(first, 1) - 1, min(last, page_count)):
             blocks.extend(outline.page_blocks(index + 1, _page_texts(doc, index)))
         title = clean_title((doc.metadata or {}).get("title"))
     if not blocks:
