@@ -220,29 +220,27 @@ def save_chunks(session: Session, doc: ClaimedDocument, chunks: Sequence[Chunk],
     return state
 
 
-def fail_document(session: Session, doc: ClaimedDocument, reason: str) -> None:
-    """Fail a document this claim still holds."""
+def _end_claim(session: Session, doc: ClaimedDocument, state: str, reason: str) -> None:
+    """Move a document this claim still holds to `state` with `reason`; drop its page-range parts."""
     if still_claimed(session, doc):
         session.execute(
             text(
-                "UPDATE documents SET state = 'failed', last_error = :r, lease_until = NULL, updated_at = now() "
+                "UPDATE documents SET state = :s, last_error = :r, lease_until = NULL, updated_at = now() "
                 "WHERE id = :d"
             ),
-            {"d": doc.id, "r": reason[:2000]},
+            {"d": doc.id, "s": state, "r": reason[:2000]},
         )
         session.execute(text("DELETE FROM document_parts WHERE document_id = :d"), {"d": doc.id})
 
 
+def fail_document(session: Session, doc: ClaimedDocument, reason: str) -> None:
+    """Fail a document this claim still holds; `reason` is what the user sees."""
+    _end_claim(session, doc, "failed", reason)
+
+
 def release_for_retry(session: Session, doc: ClaimedDocument, reason: str) -> None:
     """Put a document this claim holds back to `queued` after a transient error, keeping the reason."""
-    if still_claimed(session, doc):
-        session.execute(
-            text(
-                "UPDATE documents SET state = 'queued', last_error = :r, lease_until = NULL, updated_at = now() "
-                "WHERE id = :d"
-            ),
-            {"d": doc.id, "r": reason[:2000]},
-        )
+    _end_claim(session, doc, "queued", reason)
 
 
 # --- long PDFs split into page ranges ----------------------------------------------

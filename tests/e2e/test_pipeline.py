@@ -125,28 +125,24 @@ def test_metadata_filter(client, ingested, corpus_dir: Path) -> None:
     assert client.search(query, collection=COLLECTION, k=3, where={"suite": "other"}) == []
 
 
+def row_totals(client) -> tuple[int, int, int]:
+    """Rows in documents, chunks and embeddings, over every collection."""
+    with client.sessions.begin() as s:
+        sql = (
+            "SELECT (SELECT count(*) FROM documents), (SELECT count(*) FROM chunks), (SELECT count(*) FROM embeddings)"
+        )
+        return tuple(s.execute(text(sql)).one())
+
+
 def test_reingest_creates_nothing_and_finishes_at_once(client, ingested, corpus_dir: Path) -> None:
     job, counts, _ = ingested
-    with client.sessions.begin() as s:
-        before = s.execute(
-            text(
-                "SELECT (SELECT count(*) FROM documents), (SELECT count(*) FROM chunks), "
-                "(SELECT count(*) FROM embeddings)"
-            )
-        ).one()
+    before = row_totals(client)
     files = [corpus_dir / f for f in [*OK_PDFS, SCANNED, ENCRYPTED, *BROKEN, *OTHER]]
     again = client.ingest(files, collection=COLLECTION)
     assert again.created == 0
     assert sorted(again.document_ids) == sorted(job.document_ids)
     assert again.wait(timeout_s=5) == counts
-    with client.sessions.begin() as s:
-        after = s.execute(
-            text(
-                "SELECT (SELECT count(*) FROM documents), (SELECT count(*) FROM chunks), "
-                "(SELECT count(*) FROM embeddings)"
-            )
-        ).one()
-    assert tuple(after) == tuple(before)
+    assert row_totals(client) == before
 
 
 def readme_sql_blocks() -> list[str]:
