@@ -7,6 +7,7 @@ caller claimed.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -106,35 +107,55 @@ class NewDocument:
 
 
 def insert_documents(session: Session, collection_id: int, docs: Sequence[NewDocument]) -> list[tuple[int, bool]]:
-    """Insert documents; returns (id, created) per input, existing bytes keep their row."""
-    insert = text(
-        "INSERT INTO documents (collection_id, source, sha256, media_type, size_bytes, content, metadata, "
-        "  state, last_error) "
-        "VALUES (:c, :source, :sha, :mt, :size, :content, :meta, "
-        "  CASE WHEN CAST(:err AS text) IS NULL THEN 'queued' ELSE 'failed' END, :err) "
-        "ON CONFLICT (collection_id, sha256) DO NOTHING RETURNING id"
-    ).bindparams(bindparam("meta", type_=JSONB))
-    out: list[tuple[int, bool]] = []
-    for doc in docs:
-        params = {
+    """Insert documents in one statement; returns (id, created) per input.
+
+    Bytes already in the collection keep their row (created False), and so does
+    a second copy of the same bytes within `docs`.
+    """
+    if not docs:
+        return []
+    rows = session.execute(
+        text(
+            "WITH input AS ("
+            "  SELECT * FROM unnest(CAST(:sources AS text[]), CAST(:shas AS bytea[]), CAST(:types AS text[]),"
+            "    CAST(:sizes AS int8[]), CAST(:contents AS bytea[]), CAST(:metas AS text[]), CAST(:errs AS text[]))"
+            "  AS t(source, sha256, media_type, size_bytes, content, metadata, err)"
+            "), inserted AS ("
+            "  INSERT INTO documents (collection_id, source, sha256, media_type, size_bytes, content, metadata,"
+            "    state, last_error)"
+            "  SELECT DISTINCT ON (sha256) :c, source, sha256, media_type, size_bytes, content,"
+            "    CAST(metadata AS jsonb), CASE WHEN err IS NULL THEN 'queued' ELSE 'failed' END, err FROM input"
+            "  ON CONFLICT (collection_id, sha256) DO NOTHING RETURNING id, sha256"
+            ") "
+            "SELECT sha256, id, true AS created FROM inserted "
+            "UNION ALL SELECT d.sha256, d.id, false FROM documents d "
+            "WHERE d.collection_id = :c AND d.sha256 = ANY(CAST(:shas AS bytea[]))"
+        ),
+        {
             "c": collection_id,
-            "source": doc.source,
-            "sha": doc.sha256,
-            "mt": doc.media_type,
-            "size": doc.size_bytes,
-            "content": doc.content,
-            "meta": doc.metadata,
-            "err": doc.failed_reason,
-        }
-        new_id = session.execute(insert, params).scalar()
-        if new_id is not None:
-            out.append((int(new_id), True))
-        else:
-            existing = session.execute(
-                text("SELECT id FROM documents WHERE collection_id = :c AND sha256 = :sha"),
-                {"c": collection_id, "sha": doc.sha256},
-            ).scalar_one()
-            out.append((int(existing), False))
+            "sources": [d.source for d in docs],
+            "shas": [d.sha256 for d in docs],
+            "types": [d.media_type for d in docs],
+            "sizes": [d.size_bytes for d in docs],
+            "contents": [d.content for d in docs],
+            "metas": [json.dumps(d.metadata) for d in docs],
+            "errs": [d.failed_reason for d in docs],
+        },
+    ).all()
+    by_sha = {bytes(r.sha256): (int(r.id), bool(r.created)) for r in rows}
+    if missing := [d.sha256 for d in docs if d.sha256 not in by_sha]:
+        # Inserted by a concurrent ingest that committed after this statement's snapshot was taken.
+        later = session.execute(
+            text("SELECT sha256, id FROM documents WHERE collection_id = :c AND sha256 = ANY(:shas)"),
+            {"c": collection_id, "shas": missing},
+        ).all()
+        by_sha.update({bytes(r.sha256): (int(r.id), False) for r in later})
+    out: list[tuple[int, bool]] = []
+    seen: set[bytes] = set()
+    for doc in docs:
+        doc_id, created = by_sha[doc.sha256]
+        out.append((doc_id, created and doc.sha256 not in seen))
+        seen.add(doc.sha256)
     return out
 
 

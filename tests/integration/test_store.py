@@ -54,6 +54,9 @@ def test_same_bytes_same_collection_is_one_document(sessions, collection) -> Non
         again = store.insert_documents(s, collection.id, [new_doc(b"alpha")])
     assert [c for _, c in first] == [True, True]
     assert again == [(first[0][0], False)]
+    with sessions.begin() as s:  # the same bytes twice in one call, beside bytes already stored
+        twice = store.insert_documents(s, collection.id, [new_doc(b"gamma"), new_doc(b"gamma"), new_doc(b"beta")])
+    assert twice[0][1] is True and twice[1] == (twice[0][0], False) and twice[2] == (first[1][0], False)
 
 
 def test_claim_for_parse_is_exclusive(sessions, collection) -> None:
