@@ -1,0 +1,88 @@
+"""The benchmark's documents and real chunks, made by docpipe's own (sandboxed) parser and chunker."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from docpipe.config import Settings
+from docpipe.types import Chunk
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def default_docs() -> Path:
+    """`../shared/corpus/pdf` beside the repo, else /work/shared/corpus/pdf, else the README."""
+    for candidate in (REPO.parent / "shared" / "corpus" / "pdf", Path("/work/shared/corpus/pdf")):
+        if candidate.is_dir():
+            return candidate
+    return REPO / "README.md"
+
+
+@dataclass
+class ParsedFile:
+    """One input file as docpipe parses and chunks it; `error` set when it would fail."""
+
+    path: Path
+    media_type: str
+    size: int
+    pages: int = 0
+    chunks: list[Chunk] = field(default_factory=list)
+    error: str | None = None
+
+    @property
+    def tokens(self) -> int:
+        return sum(c.token_count for c in self.chunks)
+
+
+def parse_corpus(docs: Path, settings: Settings) -> list[ParsedFile]:
+    """Parse and chunk every supported file under `docs` like a parse worker does (sandboxed child)."""
+    from docpipe.chunk import chunk_blocks
+    from docpipe.loading import collect_files
+    from docpipe.parse import SandboxedParser
+    from docpipe.processing import chunk_tokenizer
+
+    tok = chunk_tokenizer(settings.embed.model, settings.model_cache_dir, settings.chunk.max_tokens)
+    overlap = min(settings.chunk.overlap_tokens, tok.max_tokens // 2)
+    entries, _skipped = collect_files([docs], max_bytes=settings.parse.max_bytes)
+    out: list[ParsedFile] = []
+    with SandboxedParser(settings.parse) as parser:
+        for entry in sorted(entries, key=lambda e: str(e.path)):
+            item = ParsedFile(entry.path, entry.media_type, entry.size, error=entry.problem)
+            out.append(item)
+            if item.error:
+                continue
+            try:
+                parsed = parser.parse(entry.path.read_bytes(), entry.media_type)
+                item.pages = parsed.page_count
+                item.chunks = chunk_blocks(
+                    parsed.blocks, tok.tokenizer, max_tokens=tok.max_tokens, overlap_tokens=overlap
+                )
+            except Exception as exc:  # any parser failure: the pipeline fails this document too
+                item.error = f"{type(exc).__name__}: {exc}"
+    return out
+
+
+def sample_texts(files: list[ParsedFile], n: int) -> list[str]:
+    """`n` chunk texts spread evenly over the whole corpus (every document contributes in proportion)."""
+    texts = [c.text for f in files for c in f.chunks]
+    if len(texts) <= n:
+        return texts
+    step = len(texts) / n
+    return [texts[int(i * step)] for i in range(n)]
+
+
+def select_documents(files: list[ParsedFile], token_budget: int | None) -> list[ParsedFile]:
+    """Files in name order whose chunks fit `token_budget` tokens together (None: all).
+
+    Files that yield no chunks (broken, encrypted, image-only) cost no embedding and are always kept,
+    so the failure paths stay in the measurement.
+    """
+    if token_budget is None:
+        return list(files)
+    chosen, used = [], 0
+    for f in files:
+        if used + f.tokens <= token_budget:
+            chosen.append(f)
+            used += f.tokens
+    return chosen

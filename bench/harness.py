@@ -1,0 +1,79 @@
+"""The embedded stack the end-to-end measurements share: servers, workers, a client, a tiny reranker."""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from docpipe.bench.common import minilm_dir
+from docpipe.config import Settings
+
+
+def build_tiny_cross_encoder(target: Path, tokenizer_dir: Path) -> Path:
+    """A random 2-layer BERT cross-encoder with MiniLM's tokenizer: rerank mechanics and cost, not quality."""
+    import torch
+    from transformers import AutoModelForSequenceClassification, BertConfig
+
+    target.mkdir(parents=True, exist_ok=True)
+    for name in ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json"):
+        shutil.copy(tokenizer_dir / name, target / name)
+    config = BertConfig(
+        vocab_size=30522,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=512,
+        num_labels=1,
+    )
+    torch.manual_seed(0)
+    AutoModelForSequenceClassification.from_config(config).save_pretrained(target)
+    return target
+
+
+def bench_settings(data_dir: Path, *, model_cache: Path | None = None, reranker: Path | None = None) -> Settings:
+    """The user's settings (environment) with an embedded stack in `data_dir` and the given reranker.
+
+    The model cache stays the user's, so ONNX exports and the `auto` backend decision are reused.
+    """
+    base = Settings()
+    updates: dict[str, object] = {
+        "data_dir": data_dir,
+        "model_cache": model_cache or base.model_cache_dir,
+        "database_url": None,
+        "redis_url": None,
+    }
+    if reranker is not None:
+        updates["rerank"] = base.rerank.model_copy(update={"model": str(reranker)})
+    return base.model_copy(update=updates)
+
+
+@dataclass
+class RunningStack:
+    stack: object  # docpipe.stack.Stack
+    client: object  # docpipe.Client
+    settings: Settings
+
+    def worker_pids(self) -> dict[str, int]:
+        return {w.name: w.proc.pid for w in self.stack.workers if w.proc is not None}
+
+    def log_path(self, worker: str) -> Path:
+        return self.stack.log_dir / f"{worker}.log"
+
+
+@contextmanager
+def running_stack(work_dir: Path, *, model_cache: Path | None = None) -> Iterator[RunningStack]:
+    """Postgres, Redis and the Celery workers as children of this process, stopped on exit."""
+    from docpipe.client import Client
+    from docpipe.stack import Stack
+
+    reranker = build_tiny_cross_encoder(work_dir / "tiny-cross-encoder", minilm_dir())
+    settings = bench_settings(work_dir / "stack", model_cache=model_cache, reranker=reranker)
+    with (
+        Stack(settings, redis_persist=False) as stack,
+        Client(stack.database_url, stack.redis_url, settings=stack.settings) as client,
+    ):
+        yield RunningStack(stack, client, stack.settings)

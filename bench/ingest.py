@@ -1,0 +1,216 @@
+"""Measurements 2 and 3: end-to-end ingest against a pure model forward, and re-ingest against first ingest."""
+
+from __future__ import annotations
+
+import re
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from docpipe.bench.common import Goal, Section, ratio
+from docpipe.bench.harness import RunningStack
+from docpipe.bench.rss import RssSampler
+
+E2E_GOAL = 1.15  # ingest wall ÷ pure forward
+REINGEST_GOAL = 0.02  # re-ingest wall ÷ first ingest wall
+POLL_S = 0.05  # seconds between state polls while waiting (small, so it does not round the wall time up)
+_EMBED_LOG = re.compile(r"embedded (\d+) chunks \((\d+) tokens\) in (\d+) batches, ([\d.]+) s, model busy (\d+)%")
+_SWEEP_EMBED = re.compile(r"docpipe\.sweep\[[^\]]*\] succeeded[^\n]*'embed': \['")
+
+
+@dataclass
+class Timeline:
+    """When the ingest reached its milestones, in seconds from the `ingest` call."""
+
+    enqueued_s: float = 0.0
+    first_ready_s: float | None = None
+    parsed_s: float | None = None  # nothing left queued or parsing
+    final_s: float = 0.0
+    counts: dict[str, int] = field(default_factory=dict)
+
+
+def ingest_and_wait(client, paths: list[Path], collection: str) -> tuple[object, Timeline]:
+    """`client.ingest` then poll until every document is final, noting milestones."""
+    t0 = time.perf_counter()
+    job = client.ingest(paths, collection=collection)
+    line = Timeline(enqueued_s=time.perf_counter() - t0)
+    total = len(set(job.document_ids))
+    while True:
+        counts = job.counts()
+        now = time.perf_counter() - t0
+        if line.first_ready_s is None and counts.get("ready"):
+            line.first_ready_s = now
+        if line.parsed_s is None and not counts.get("queued") and not counts.get("parsing"):
+            line.parsed_s = now
+        if counts.get("ready", 0) + counts.get("failed", 0) >= total:
+            line.final_s, line.counts = now, counts
+            return job, line
+        time.sleep(POLL_S)
+
+
+def read_chunk_texts(client, collection: str) -> tuple[list[str], int, int]:
+    """(chunk texts, their stored token count, pages of ready documents) of one collection."""
+    from sqlalchemy import text
+
+    with client.sessions.begin() as session:
+        rows = session.execute(
+            text(
+                "SELECT ch.text, ch.token_count FROM chunks ch JOIN documents d ON d.id = ch.document_id "
+                "JOIN collections c ON c.id = d.collection_id WHERE c.name = :c ORDER BY ch.id"
+            ),
+            {"c": collection},
+        ).all()
+        pages = session.execute(
+            text(
+                "SELECT coalesce(sum(d.page_count), 0) FROM documents d JOIN collections c ON c.id = d.collection_id "
+                "WHERE c.name = :c AND d.state = 'ready'"
+            ),
+            {"c": collection},
+        ).scalar_one()
+    return [r.text for r in rows], sum(r.token_count for r in rows), int(pages)
+
+
+def log_tails(run: RunningStack, offsets: dict[str, int]) -> dict[str, str]:
+    """What each worker logged after the byte offsets taken before the measurement."""
+    out = {}
+    for name, offset in offsets.items():
+        try:
+            with open(run.log_path(name), "rb") as fh:
+                fh.seek(offset)
+                out[name] = fh.read().decode("utf-8", "replace")
+        except OSError:
+            out[name] = ""
+    return out
+
+
+def log_offsets(run: RunningStack) -> dict[str, int]:
+    paths = {name: run.log_path(name) for name in ("embed", "parse")}
+    return {name: path.stat().st_size if path.exists() else 0 for name, path in paths.items()}
+
+
+def worker_stats(tails: dict[str, str]) -> dict[str, float]:
+    """The embed worker's drain reports summed, and the wake-ups that found a drain running or came from the sweeper."""
+    totals = {"drains": 0, "chunks": 0, "tokens": 0, "batches": 0, "drain_s": 0.0, "forward_s": 0.0}
+    for m in _EMBED_LOG.finditer(tails.get("embed", "")):
+        chunks, tokens, batches, wall_s, busy = m.groups()
+        totals["drains"] += 1
+        totals["chunks"] += int(chunks)
+        totals["tokens"] += int(tokens)
+        totals["batches"] += int(batches)
+        totals["drain_s"] += float(wall_s)
+        totals["forward_s"] += float(wall_s) * int(busy) / 100
+    totals["embed_wakeups_skipped"] = tails.get("embed", "").count("a drain is already running")
+    totals["sweeps_that_woke_embed"] = len(_SWEEP_EMBED.findall(tails.get("parse", "")))
+    return totals
+
+
+def warm_up(run: RunningStack, path: Path) -> float:
+    """Load the query-side model here and the models and parser children in the workers; seconds taken."""
+    t0 = time.perf_counter()
+    run.client.embedder(run.settings.embed.model)  # `auto` measures here once, the workers reuse its decision
+    ingest_and_wait(run.client, [path], "bench-warmup")
+    return time.perf_counter() - t0
+
+
+def measure_ingest(run: RunningStack, paths: list[Path], *, collection: str, warmup_doc: Path) -> list[Section]:
+    """First ingest vs pure forward of the same chunk texts; then the same files again."""
+    cold_s = warm_up(run, warmup_doc)
+    e2e = Section(
+        "ingest",
+        "End-to-end ingest vs pure model forward",
+        "embedder.embed() in this process on the very chunk texts the pipeline stored = 1.0",
+    )
+    offsets = log_offsets(run)
+    with RssSampler(run.worker_pids()) as rss:
+        job, line = ingest_and_wait(run.client, paths, collection)
+    texts, tokens, pages = read_chunk_texts(run.client, collection)
+
+    embedder = run.client.embedder(run.settings.embed.model)
+    embedder.embed(texts[:32])
+    t0 = time.perf_counter()
+    embedder.embed(texts)
+    forward_s = time.perf_counter() - t0
+
+    e2e_ratio = ratio(line.final_s, forward_s)
+    e2e.add(
+        "documents",
+        len(set(job.document_ids)),
+        "",
+        f"{line.counts.get('ready', 0)} ready, {line.counts.get('failed', 0)} failed",
+    )
+    e2e.add("documents ready", line.counts.get("ready", 0))
+    e2e.add("documents failed", line.counts.get("failed", 0))
+    e2e.add("pages (ready documents)", pages)
+    e2e.add("chunks", len(texts))
+    e2e.add("tokens (stored counts)", tokens)
+    e2e.add("ingest wall", round(line.final_s, 2), "s", "ingest() call to every document ready or failed")
+    e2e.add("pure forward", round(forward_s, 2), "s", f"backend {embedder.backend}, one pass after a warm-up")
+    e2e.add("ingest ÷ pure forward", round(e2e_ratio or 0, 3), "x", f"goal <= {E2E_GOAL}")
+    e2e.add("pages/s", round(pages / line.final_s, 2), "pages/s")
+    e2e.add("chunks/s", round(len(texts) / line.final_s, 2), "chunks/s")
+    e2e.add("tokens/s", round(tokens / line.final_s, 1), "tokens/s")
+    e2e.add("ingest() call (store + enqueue)", round(line.enqueued_s, 2), "s")
+    if line.first_ready_s is not None:
+        e2e.add("first document ready", round(line.first_ready_s, 2), "s")
+    if line.parsed_s is not None:
+        e2e.add("all parsed (none queued/parsing)", round(line.parsed_s, 2), "s")
+    e2e.add("cold start (model loads, warm-up document)", round(cold_s, 2), "s", "not part of the ingest wall")
+    worker = worker_stats(log_tails(run, offsets))
+    if worker["drains"]:
+        e2e.add(
+            "embed worker: model busy",
+            round(worker["forward_s"], 2),
+            "s",
+            f"{worker['drains']} drains, {worker['batches']} batches, drain wall {worker['drain_s']:.1f} s",
+        )
+    e2e.add("embed wake-ups skipped (drain already running)", worker["embed_wakeups_skipped"])
+    e2e.add(
+        "sweeps that re-woke the embedder",
+        worker["sweeps_that_woke_embed"],
+        "",
+        f"sweep every {run.settings.worker.sweep_interval_s} s",
+    )
+    for name, peaks in rss.as_mib().items():
+        e2e.add(
+            f"peak RSS {name} worker (tree / largest process)",
+            f"{peaks['tree_peak_mib']:.0f} / {peaks['largest_process_peak_mib']:.0f}",
+            "MiB",
+        )
+    e2e.data.update(timeline=line.__dict__, rss_mib=rss.as_mib(), embed_worker=worker, backend=embedder.backend)
+    e2e.goals.append(
+        Goal("ingest wall ÷ pure forward", e2e_ratio, E2E_GOAL, limited_by=_e2e_limit(line, forward_s, worker))
+    )
+
+    again = Section("reingest", "Re-ingest of the unchanged documents vs first ingest", "first ingest wall = 1.0")
+    _, line2 = ingest_and_wait(run.client, paths, collection)
+    re_ratio = ratio(line2.final_s, line.final_s)
+    again.add("re-ingest wall", round(line2.final_s, 3), "s", "read + sha256 + insert-or-skip every file, then wait")
+    again.add("re-ingest ÷ first ingest", round(re_ratio or 0, 4), "x", f"goal <= {REINGEST_GOAL}")
+    again.add("documents final", sum(line2.counts.values()))
+    again.data["timeline"] = line2.__dict__
+    again.goals.append(
+        Goal(
+            "re-ingest ÷ first ingest",
+            re_ratio,
+            REINGEST_GOAL,
+            limited_by=f"ingest() itself took {line2.enqueued_s:.2f} s of {line2.final_s:.2f} s",
+        )
+    )
+    return [e2e, again]
+
+
+def _e2e_limit(line: Timeline, forward_s: float, worker: dict[str, float]) -> str:
+    """One line on where the time beyond the pure forward went."""
+    parts = [f"pure forward {forward_s:.1f} s of {line.final_s:.1f} s wall"]
+    if worker["drains"]:
+        parts.append(f"embed worker model busy {worker['forward_s']:.1f} s in {worker['drain_s']:.1f} s of drains")
+    if worker["sweeps_that_woke_embed"]:
+        parts.append(
+            f"{worker['sweeps_that_woke_embed']} sweep(s) had to re-wake the embedder (lost wake-up: "
+            f"{worker['embed_wakeups_skipped']} embed tasks skipped while a drain ran)"
+        )
+    if line.first_ready_s is not None:
+        parts.append(f"first ready at {line.first_ready_s:.1f} s")
+    if line.parsed_s is not None:
+        parts.append(f"parsing done at {line.parsed_s:.1f} s")
+    return "; ".join(parts)
