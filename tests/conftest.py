@@ -49,33 +49,11 @@ def minilm_dir() -> Path:
 # --- the embedded stack ----------------------------------------------------------------
 
 
-def build_tiny_cross_encoder(target: Path, minilm: Path) -> Path:
-    """A random 2-layer BERT cross-encoder with MiniLM's tokenizer: mechanics, not quality."""
-    import shutil
-
-    import torch
-    from transformers import AutoModelForSequenceClassification, BertConfig
-
-    target.mkdir(parents=True, exist_ok=True)
-    for name in ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json"):
-        shutil.copy(minilm / name, target / name)
-    config = BertConfig(
-        vocab_size=30522,
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=64,
-        max_position_embeddings=512,
-        num_labels=1,
-    )
-    torch.manual_seed(0)
-    AutoModelForSequenceClassification.from_config(config).save_pretrained(target)
-    return target
-
-
 @pytest.fixture(scope="session")
 def tiny_cross_encoder(tmp_path_factory: pytest.TempPathFactory, minilm_dir: Path) -> Path:
-    return build_tiny_cross_encoder(tmp_path_factory.mktemp("cross-encoder"), minilm_dir)
+    from docpipe.rerank import build_random_cross_encoder
+
+    return build_random_cross_encoder(tmp_path_factory.mktemp("cross-encoder"), minilm_dir)
 
 
 def stack_settings(

@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from docpipe.config import RerankConfig
-from docpipe.rerank import CrossEncoderReranker, Reranker, load_reranker
+from docpipe.rerank import CrossEncoderReranker, Reranker, build_random_cross_encoder, load_reranker
 
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json")
 QUERY = "how do I rotate the database password?"
 PASSAGES = [
     "Rotate the password with ALTER ROLE and update the secret in the vault.",
@@ -25,24 +23,7 @@ PASSAGES = [
 
 def tiny_cross_encoder(minilm_dir: Path, target: Path, *, num_labels: int) -> Path:
     """A randomly initialised 2-layer BERT classifier using MiniLM's tokenizer files."""
-    import torch
-    from transformers import BertConfig, BertForSequenceClassification
-
-    target.mkdir()
-    for name in TOKENIZER_FILES:
-        shutil.copy(minilm_dir / name, target / name)
-    config = BertConfig(
-        vocab_size=30522,
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=64,
-        max_position_embeddings=128,
-        num_labels=num_labels,
-    )
-    torch.manual_seed(0)
-    BertForSequenceClassification(config).save_pretrained(target)
-    return target
+    return build_random_cross_encoder(target, minilm_dir, num_labels=num_labels, max_positions=128)
 
 
 @pytest.fixture(scope="module")
