@@ -20,6 +20,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from docpipe import store
 from docpipe.config import Settings
+from docpipe.embed.batching import pack_micro_batches
 
 _DONE = object()
 
@@ -37,7 +38,13 @@ class EmbedStats:
     claim_s: float = 0.0  # in the claimer thread, overlapped with forward passes
     write_s: float = 0.0  # in the writer thread, overlapped with forward passes
     idle_s: float = 0.0  # model waiting for a claimed batch
+    padded_tokens: int = 0  # token slots the forward passes computed, padding included
     batch_sizes: list[int] = field(default_factory=list)
+
+    @property
+    def padding_waste(self) -> float:
+        """Fraction of computed token slots that were padding (length-sorted micro-batches keep it small)."""
+        return 1.0 - self.tokens / self.padded_tokens if self.padded_tokens else 0.0
 
     @property
     def model_busy(self) -> float:
@@ -118,8 +125,10 @@ def embed_pending(
             vectors = embed([c.text for c in batch])
             stats.forward_s += time.perf_counter() - t1
             _put(finished, (batch, vectors), writer)
+            counts = [c.token_count for c in batch]
             stats.chunks += len(batch)
-            stats.tokens += sum(c.token_count for c in batch)
+            stats.tokens += sum(counts)
+            stats.padded_tokens += padded_slots(counts, settings.embed.micro_batch_tokens)
             stats.batches += 1
             stats.batch_sizes.append(len(batch))
     finally:
@@ -133,6 +142,12 @@ def embed_pending(
             raise stage.error
     stats.wall_s = time.perf_counter() - started
     return stats
+
+
+def padded_slots(token_counts: list[int], micro_batch_tokens: int) -> int:
+    """Token slots the embedder computes for these chunks: it packs them the same way."""
+    batches = pack_micro_batches(token_counts, micro_batch_tokens)
+    return sum(len(b) * max(token_counts[i] for i in b) for b in batches)
 
 
 def _get(q: queue.Queue, producer: _Stage):

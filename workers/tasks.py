@@ -77,12 +77,13 @@ def embed(model: str) -> dict:
     finally:
         ctx.embed_lock.release()
     log.info(
-        "embedded %d chunks (%d tokens) in %d batches, %.1f s, model busy %.0f%%, %d documents ready",
+        "embedded %d chunks (%d tokens) in %d batches, %.1f s, model busy %.0f%%, padding %.1f%%, %d documents ready",
         stats.chunks,
         stats.tokens,
         stats.batches,
         stats.wall_s,
         100 * stats.model_busy,
+        100 * stats.padding_waste,
         stats.documents_ready,
     )
     return {
@@ -91,6 +92,7 @@ def embed(model: str) -> dict:
         "documents_ready": stats.documents_ready,
         "wall_s": round(stats.wall_s, 3),
         "model_busy": round(stats.model_busy, 3),
+        "padding_waste": round(stats.padding_waste, 4),
     }
 
 

@@ -61,6 +61,7 @@ def test_drain_embeds_every_chunk_of_many_documents_once(sessions) -> None:
     assert counts == {"ready": 30}
     assert dup == 0
     assert 0 < stats.model_busy <= 1
+    assert stats.padded_tokens >= stats.tokens and 0 <= stats.padding_waste < 0.5  # length-sorted packing
 
 
 def test_a_failing_forward_pass_propagates_and_loses_nothing(sessions) -> None:
