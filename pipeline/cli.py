@@ -203,6 +203,7 @@ def worker(
     queues: Annotated[str, typer.Option("--queues", "-Q", help="Comma-separated: parse, embed, rerank.")] = "parse",
     concurrency: Annotated[int, typer.Option("--concurrency", "-c", help="0: one per core (parse).")] = 0,
     pool: Annotated[str | None, typer.Option(help="Celery pool; default prefork for parse, threads otherwise.")] = None,
+    metrics_port: Annotated[int, typer.Option(help="Serve Prometheus metrics on this port (0: off).")] = 0,
     data_dir: DataDir = None,
 ) -> None:
     """Run a Celery worker in the foreground (what `docpipe up` and docker compose start)."""
@@ -222,6 +223,11 @@ def worker(
     pool = pool or ("prefork" if cpu_only else "threads")
     n = concurrency or (len(os.sched_getaffinity(0)) if cpu_only else 2)
     name = queues.replace(",", "-")
+    if metrics_port:
+        from docpipe.stack import fresh_metrics_env
+
+        env.update(fresh_metrics_env(settings.data_dir / "metrics" / name))
+        env["DOCPIPE_WORKER__METRICS_PORT"] = str(metrics_port)
     os.environ.update(env)
     args = worker_args(queues, name=name, pool=pool, concurrency=n)
     os.execv(args[0], args)

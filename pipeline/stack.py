@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -35,6 +36,7 @@ class WorkerSpec:
 
     name: str
     args: list[str]
+    metrics_port: int = 0  # Prometheus port of this worker; 0: none
     proc: subprocess.Popen | None = None
     restarts: int = 0
 
@@ -66,11 +68,14 @@ def worker_args(queues: str, *, name: str, pool: str, concurrency: int, loglevel
 def default_workers(settings: Settings) -> list[WorkerSpec]:
     cores = len(os.sched_getaffinity(0))
     parse_n = settings.worker.parse_concurrency or cores
+    port = settings.worker.metrics_port
     beat_schedule = settings.data_dir / "celerybeat-schedule"
     return [
-        WorkerSpec("parse", worker_args("parse", name="parse", pool="prefork", concurrency=parse_n)),
+        WorkerSpec("parse", worker_args("parse", name="parse", pool="prefork", concurrency=parse_n), port),
         # threads: an embed drain and a rerank request run side by side in one process, one model copy each
-        WorkerSpec("embed", worker_args("embed,rerank", name="embed", pool="threads", concurrency=2)),
+        WorkerSpec(
+            "embed", worker_args("embed,rerank", name="embed", pool="threads", concurrency=2), port + 1 if port else 0
+        ),
         WorkerSpec(
             "beat",
             [
@@ -149,9 +154,13 @@ class Stack:
 
     def _spawn(self, spec: WorkerSpec) -> None:
         self.log_dir.mkdir(parents=True, exist_ok=True)
+        env = self.child_env()
+        env["DOCPIPE_WORKER__METRICS_PORT"] = str(spec.metrics_port)
+        if spec.metrics_port:
+            env.update(fresh_metrics_env(self.settings.data_dir / "metrics" / spec.name))
         with open(self.log_dir / f"{spec.name}.log", "ab") as out:
             spec.proc = subprocess.Popen(
-                spec.args, stdout=out, stderr=subprocess.STDOUT, env=self.child_env(), start_new_session=True
+                spec.args, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True
             )
         log.info("started %s worker (pid %s)", spec.name, spec.proc.pid)
 
@@ -214,6 +223,16 @@ class Stack:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def fresh_metrics_env(path: Path) -> dict[str, str]:
+    """Environment for a worker about to start: an empty Prometheus multiprocess directory of its own.
+
+    Files of an earlier run would add to the new counts, so the directory is emptied first.
+    """
+    shutil.rmtree(path, ignore_errors=True)
+    path.mkdir(parents=True)
+    return {"PROMETHEUS_MULTIPROC_DIR": str(path)}
 
 
 def _port_of(url: str | None, default: int) -> int:

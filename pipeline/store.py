@@ -246,8 +246,7 @@ def _end_claim(session: Session, doc: ClaimedDocument, state: str, reason: str) 
     if still_claimed(session, doc):
         session.execute(
             text(
-                "UPDATE documents SET state = :s, last_error = :r, lease_until = NULL, updated_at = now() "
-                "WHERE id = :d"
+                "UPDATE documents SET state = :s, last_error = :r, lease_until = NULL, updated_at = now() WHERE id = :d"
             ),
             {"d": doc.id, "s": state, "r": reason[:2000]},
         )

@@ -76,6 +76,23 @@ def stack_settings(
     )
 
 
+def free_port_pair() -> int:
+    """A port p on 127.0.0.1 with p and p + 1 both free (parse and embed worker metrics)."""
+    import socket
+
+    for _ in range(100):
+        with socket.socket() as a:
+            a.bind(("127.0.0.1", 0))
+            port = a.getsockname()[1]
+            with socket.socket() as b:
+                try:
+                    b.bind(("127.0.0.1", port + 1))
+                except OSError:
+                    continue
+                return port
+    raise RuntimeError("no two adjacent free ports")
+
+
 @pytest.fixture(scope="session")
 def model_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """One model cache for every stack of the session (backend choice, ONNX exports)."""
@@ -87,7 +104,9 @@ def stack(tmp_path_factory: pytest.TempPathFactory, model_cache: Path, tiny_cros
     """A running embedded stack (Postgres, Redis, parse/embed workers, beat) for the session."""
     from docpipe.stack import Stack
 
-    settings = stack_settings(tmp_path_factory.mktemp("stack"), model_cache, tiny_cross_encoder)
+    settings = stack_settings(
+        tmp_path_factory.mktemp("stack"), model_cache, tiny_cross_encoder, metrics_port=free_port_pair()
+    )
     with Stack(settings, redis_persist=False) as running:
         yield running
 

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import logging
+import os
 
 from celery import shared_task
-from celery.signals import worker_process_shutdown
+from celery.signals import worker_init, worker_process_shutdown
 from sqlalchemy.exc import OperationalError
 
-from docpipe import drain, processing, sweeper
+from docpipe import drain, processing, search, sweeper
 from docpipe.errors import RetryableError
+from docpipe.workers import metrics
 from docpipe.workers.app import app
 from docpipe.workers.context import get_context
 from docpipe.workers.queues import EMBED_TASK, PARSE_PART_TASK, PARSE_QUEUE, PARSE_TASK, RERANK_TASK, SWEEP_TASK
@@ -28,7 +30,8 @@ def _ctx():
 def parse(document_id: int) -> dict:
     """Parse and chunk one document; wake the embedder for its model."""
     ctx = _ctx()
-    out = processing.parse_document(document_id, sessions=ctx.sessions, parser=ctx.parser, settings=ctx.settings)
+    with metrics.PARSE_SECONDS.time():
+        out = processing.parse_document(document_id, sessions=ctx.sessions, parser=ctx.parser, settings=ctx.settings)
     for part in out.parts:  # a long PDF: its other page ranges go to any free parse process
         parse_part.delay(document_id, part, out.attempt)
     return _next_step(out)
@@ -45,13 +48,15 @@ def parse(document_id: int) -> dict:
 def parse_part(document_id: int, part: int, attempt: int) -> dict:
     """Parse one page range of a split PDF; the last range to finish chunks the document."""
     ctx = _ctx()
-    out = processing.parse_part(
-        document_id, part, attempt, sessions=ctx.sessions, parser=ctx.parser, settings=ctx.settings
-    )
+    with metrics.PARSE_SECONDS.time():
+        out = processing.parse_part(
+            document_id, part, attempt, sessions=ctx.sessions, parser=ctx.parser, settings=ctx.settings
+        )
     return _next_step(out)
 
 
 def _next_step(out: processing.ParseOutcome) -> dict:
+    metrics.DOCUMENTS.labels(outcome=out.state).inc()
     if out.state == "embedding" and out.model:
         embed.delay(out.model)
     return {
@@ -76,6 +81,11 @@ def embed(model: str) -> dict:
         stats = drain.embed_pending(model, sessions=ctx.sessions, embed=embedder.embed, settings=ctx.settings)
     finally:
         ctx.embed_lock.release()
+    metrics.CHUNKS_EMBEDDED.inc(stats.chunks)
+    metrics.TOKENS_EMBEDDED.inc(stats.tokens)
+    metrics.PADDED_TOKENS.inc(stats.padded_tokens)
+    metrics.FORWARD_SECONDS.inc(stats.forward_s)
+    metrics.DRAIN_SECONDS.inc(stats.wall_s)
     log.info(
         "embedded %d chunks (%d tokens) in %d batches, %.1f s, model busy %.0f%%, padding %.1f%%, %d documents ready",
         stats.chunks,
@@ -100,11 +110,9 @@ def embed(model: str) -> dict:
 def rerank(query: str, chunk_ids: list[int]) -> list[list[float]]:
     """Score (query, chunk) pairs with the cross-encoder; returns [chunk_id, score] best first."""
     ctx = _ctx()
-    from docpipe.search import rerank_chunks
-
-    return [
-        [cid, score] for cid, score in rerank_chunks(query, chunk_ids, sessions=ctx.sessions, reranker=ctx.reranker)
-    ]
+    with metrics.RERANK_SECONDS.time():
+        scored = search.rerank_chunks(query, chunk_ids, sessions=ctx.sessions, reranker=ctx.reranker)
+    return [[cid, score] for cid, score in scored]
 
 
 @shared_task(name=SWEEP_TASK, ignore_result=True)
@@ -121,8 +129,15 @@ def sweep() -> dict:
     return {"parse": len(found.parse), "embed": found.embed_models, "failed": found.failed}
 
 
+@worker_init.connect
+def _serve_metrics(**_: object) -> None:
+    if port := app.settings.worker.metrics_port:
+        metrics.serve(port)
+
+
 @worker_process_shutdown.connect
-def _close_parser(**_: object) -> None:
+def _close_process(pid: int | None = None, **_: object) -> None:
     ctx = _ctx()
     if "parser" in ctx.__dict__:
         ctx.parser.close()
+    metrics.process_exited(pid or os.getpid())

@@ -209,3 +209,25 @@ def test_cli_errors_are_clear(stack, tmp_path: Path) -> None:
     assert "Traceback" not in missing.stderr
     empty = run_cli(stack, "ingest", str(tmp_path), check=False)
     assert empty.returncode == 2 and "no supported documents" in empty.stderr
+
+
+def test_workers_serve_prometheus_metrics(stack, ingested) -> None:
+    import urllib.request
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    def scrape(port: int) -> dict[str, float]:
+        body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
+        return {
+            s.name + str(sorted(s.labels.items())): s.value
+            for f in text_string_to_metric_families(body)
+            for s in f.samples
+        }
+
+    port = stack.settings.worker.metrics_port
+    parse, embed = scrape(port), scrape(port + 1)
+    assert parse["docpipe_documents_total[('outcome', 'embedding')]"] >= len(OK_PDFS)
+    assert parse["docpipe_documents_total[('outcome', 'failed')]"] >= 3
+    assert parse["docpipe_parse_seconds_count[]"] >= 11
+    assert embed["docpipe_chunks_embedded_total[]"] > 0
+    assert embed["docpipe_padded_tokens_total[]"] >= embed["docpipe_tokens_embedded_total[]"] > 0
