@@ -157,8 +157,15 @@ def run_stack_measurements(args, steps: Steps, work: Path, chosen, texts, model_
 
     paths = [f.path for f in chosen]
     with ExitStack() as cleanup:
-        with steps.console.status("starting the embedded stack"):
-            run = cleanup.enter_context(running_stack(work, model_cache=model_cache))
+        try:
+            with steps.console.status("starting the embedded stack"):
+                run = cleanup.enter_context(running_stack(work, model_cache=model_cache))
+        except Exception as exc:  # keep the figures measured so far
+            steps.console.print_exception(max_frames=8)
+            reason = f"the embedded stack did not start: {type(exc).__name__}: {exc}"
+            for key in ("ingest", "reingest", "langchain", "query", "hnsw_load"):
+                steps.sections.append(Section(key, key, "", skipped=reason))
+            return
         steps.run(
             "ingest",
             "End-to-end ingest",

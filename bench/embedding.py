@@ -132,4 +132,5 @@ def measure_embedding(texts: Sequence[str], *, settings: Settings, repeats: int)
 def _content_tokens(embedder, texts: Sequence[str]) -> int:
     """Tokens the model sees: content plus special tokens, truncated at its limit."""
     limit = embedder.max_tokens
-    return sum(min(n + embedder.special_tokens, limit) for n in embedder.count_tokens(texts))
+    special = getattr(embedder, "special_tokens", 2)  # [CLS] and [SEP] for BERT-like models
+    return sum(min(n + special, limit) for n in embedder.count_tokens(texts))

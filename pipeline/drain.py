@@ -46,6 +46,27 @@ class EmbedStats:
         """Fraction of computed token slots that were padding (length-sorted micro-batches keep it small)."""
         return 1.0 - self.tokens / self.padded_tokens if self.padded_tokens else 0.0
 
+    @classmethod
+    def total(cls, runs: list[EmbedStats]) -> EmbedStats:
+        """Several drains added up."""
+        out = cls()
+        for run in runs:
+            for name in (
+                "chunks",
+                "tokens",
+                "batches",
+                "documents_ready",
+                "wall_s",
+                "forward_s",
+                "claim_s",
+                "write_s",
+                "idle_s",
+                "padded_tokens",
+            ):
+                setattr(out, name, getattr(out, name) + getattr(run, name))
+            out.batch_sizes.extend(run.batch_sizes)
+        return out
+
     @property
     def model_busy(self) -> float:
         """Fraction of the drain's wall time the model was computing."""
@@ -182,3 +203,31 @@ def _offer(q: queue.Queue, item: object, stop: threading.Event) -> bool:
         except queue.Full:
             continue
     return False
+
+
+class DrainGate:
+    """One drain at a time per process, and no lost wake-ups.
+
+    A wake-up that arrives while a drain runs does not start a second drain;
+    it makes the running one go round again once it finds the queue empty, so
+    chunks committed after its last claim are not left for the sweeper.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._requested = threading.Event()
+
+    def run(self, drain: Callable[[], EmbedStats]) -> list[EmbedStats]:
+        """Drain now, or hand the request to the drain already running; the stats of drains run here."""
+        self._requested.set()
+        done: list[EmbedStats] = []
+        while self._requested.is_set():
+            if not self._lock.acquire(blocking=False):
+                return done  # the running drain will see the request
+            try:
+                while self._requested.is_set():
+                    self._requested.clear()
+                    done.append(drain())
+            finally:
+                self._lock.release()
+        return done

@@ -106,56 +106,61 @@ class NewDocument:
     failed_reason: str | None = None  # stored straight as `failed` (unsupported, empty, too large)
 
 
-def insert_documents(session: Session, collection_id: int, docs: Sequence[NewDocument]) -> list[tuple[int, bool]]:
-    """Insert documents in one statement; returns (id, created) per input.
+def existing_documents(session: Session, collection_id: int, shas: Sequence[bytes]) -> dict[bytes, int]:
+    """sha256 → id of the documents among `shas` already in the collection."""
+    rows = session.execute(
+        text("SELECT sha256, id FROM documents WHERE collection_id = :c AND sha256 = ANY(:shas)"),
+        {"c": collection_id, "shas": list(shas)},
+    ).all()
+    return {bytes(r.sha256): int(r.id) for r in rows}
 
-    Bytes already in the collection keep their row (created False), and so does
-    a second copy of the same bytes within `docs`.
+
+def insert_documents(session: Session, collection_id: int, docs: Sequence[NewDocument]) -> list[tuple[int, bool]]:
+    """Insert the documents not yet in the collection; returns (id, created) per input.
+
+    Bytes already stored keep their row (created False), and so does a second
+    copy of the same bytes within `docs`; only new content crosses the wire.
     """
     if not docs:
         return []
-    rows = session.execute(
-        text(
-            "WITH input AS ("
-            "  SELECT * FROM unnest(CAST(:sources AS text[]), CAST(:shas AS bytea[]), CAST(:types AS text[]),"
-            "    CAST(:sizes AS int8[]), CAST(:contents AS bytea[]), CAST(:metas AS text[]), CAST(:errs AS text[]))"
-            "  AS t(source, sha256, media_type, size_bytes, content, metadata, err)"
-            "), inserted AS ("
-            "  INSERT INTO documents (collection_id, source, sha256, media_type, size_bytes, content, metadata,"
-            "    state, last_error)"
-            "  SELECT DISTINCT ON (sha256) :c, source, sha256, media_type, size_bytes, content,"
-            "    CAST(metadata AS jsonb), CASE WHEN err IS NULL THEN 'queued' ELSE 'failed' END, err FROM input"
-            "  ON CONFLICT (collection_id, sha256) DO NOTHING RETURNING id, sha256"
-            ") "
-            "SELECT sha256, id, true AS created FROM inserted "
-            "UNION ALL SELECT d.sha256, d.id, false FROM documents d "
-            "WHERE d.collection_id = :c AND d.sha256 = ANY(CAST(:shas AS bytea[]))"
-        ),
-        {
-            "c": collection_id,
-            "sources": [d.source for d in docs],
-            "shas": [d.sha256 for d in docs],
-            "types": [d.media_type for d in docs],
-            "sizes": [d.size_bytes for d in docs],
-            "contents": [d.content for d in docs],
-            "metas": [json.dumps(d.metadata) for d in docs],
-            "errs": [d.failed_reason for d in docs],
-        },
-    ).all()
-    by_sha = {bytes(r.sha256): (int(r.id), bool(r.created)) for r in rows}
-    if missing := [d.sha256 for d in docs if d.sha256 not in by_sha]:
-        # Inserted by a concurrent ingest that committed after this statement's snapshot was taken.
-        later = session.execute(
-            text("SELECT sha256, id FROM documents WHERE collection_id = :c AND sha256 = ANY(:shas)"),
-            {"c": collection_id, "shas": missing},
-        ).all()
-        by_sha.update({bytes(r.sha256): (int(r.id), False) for r in later})
-    out: list[tuple[int, bool]] = []
-    seen: set[bytes] = set()
+    known = existing_documents(session, collection_id, [d.sha256 for d in docs])
+    new: dict[bytes, NewDocument] = {}
     for doc in docs:
-        doc_id, created = by_sha[doc.sha256]
-        out.append((doc_id, created and doc.sha256 not in seen))
-        seen.add(doc.sha256)
+        if doc.sha256 not in known:
+            new.setdefault(doc.sha256, doc)
+    created: set[bytes] = set()
+    if new:
+        inserted = session.execute(
+            text(
+                "INSERT INTO documents (collection_id, source, sha256, media_type, size_bytes, content, metadata, "
+                "  state, last_error) "
+                "SELECT :c, source, sha256, media_type, size_bytes, content, CAST(metadata AS jsonb), "
+                "  CASE WHEN err IS NULL THEN 'queued' ELSE 'failed' END, err "
+                "FROM unnest(CAST(:sources AS text[]), CAST(:shas AS bytea[]), CAST(:types AS text[]), "
+                "  CAST(:sizes AS int8[]), CAST(:contents AS bytea[]), CAST(:metas AS text[]), CAST(:errs AS text[])) "
+                "  AS t(source, sha256, media_type, size_bytes, content, metadata, err) "
+                "ON CONFLICT (collection_id, sha256) DO NOTHING RETURNING sha256, id"
+            ),
+            {
+                "c": collection_id,
+                "sources": [d.source for d in new.values()],
+                "shas": list(new),
+                "types": [d.media_type for d in new.values()],
+                "sizes": [d.size_bytes for d in new.values()],
+                "contents": [d.content for d in new.values()],
+                "metas": [json.dumps(d.metadata) for d in new.values()],
+                "errs": [d.failed_reason for d in new.values()],
+            },
+        ).all()
+        for row in inserted:
+            known[bytes(row.sha256)] = int(row.id)
+            created.add(bytes(row.sha256))
+        if lost := [sha for sha in new if sha not in known]:  # a concurrent ingest stored them first
+            known.update(existing_documents(session, collection_id, lost))
+    out: list[tuple[int, bool]] = []
+    for doc in docs:
+        out.append((known[doc.sha256], doc.sha256 in created))
+        created.discard(doc.sha256)  # a second copy in `docs` is not new
     return out
 
 

@@ -10,6 +10,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from docpipe.config import Settings
 from docpipe.db import make_engine, make_sessionmaker, resolve_database_url
+from docpipe.drain import DrainGate
 
 
 class WorkerContext:
@@ -18,7 +19,7 @@ class WorkerContext:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.pid = os.getpid()
-        self.embed_lock = threading.Lock()  # one drain of the embed queue per process
+        self._gates: dict[str, DrainGate] = {}  # one drain of the embed queue per model and process
         self._model_lock = threading.Lock()
         self._embedders: dict[str, object] = {}
 
@@ -31,6 +32,10 @@ class WorkerContext:
         from docpipe.parse import SandboxedParser
 
         return SandboxedParser(self.settings.parse)
+
+    def drain_gate(self, model: str) -> DrainGate:
+        with self._model_lock:
+            return self._gates.setdefault(model, DrainGate())
 
     def embedder(self, model: str):
         """The embedder for `model`, loaded once per process."""

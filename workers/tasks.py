@@ -74,13 +74,14 @@ def _next_step(out: processing.ParseOutcome) -> dict:
 def embed(model: str) -> dict:
     """Drain the embed queue of `model` across all documents (one drain per process at a time)."""
     ctx = _ctx()
-    if not ctx.embed_lock.acquire(blocking=False):
-        return {"skipped": "a drain is already running in this worker"}
-    try:
-        embedder = ctx.embedder(model)
-        stats = drain.embed_pending(model, sessions=ctx.sessions, embed=embedder.embed, settings=ctx.settings)
-    finally:
-        ctx.embed_lock.release()
+    runs = ctx.drain_gate(model).run(
+        lambda: drain.embed_pending(
+            model, sessions=ctx.sessions, embed=ctx.embedder(model).embed, settings=ctx.settings
+        )
+    )
+    if not runs:
+        return {"handed_over": "a drain already running in this worker will pick these chunks up"}
+    stats = drain.EmbedStats.total(runs)
     metrics.CHUNKS_EMBEDDED.inc(stats.chunks)
     metrics.TOKENS_EMBEDDED.inc(stats.tokens)
     metrics.PADDED_TOKENS.inc(stats.padded_tokens)

@@ -123,3 +123,30 @@ def test_collection_names_are_validated_by_the_schema(sessions) -> None:
         store.ensure_collection(s, "x'; DROP TABLE documents; --", model="test/model-8d", dim=DIM)
     with sessions.begin() as s:
         assert s.execute(text("SELECT count(*) FROM documents")).scalar() is not None
+
+
+def test_text_search_prefers_all_words_then_fills_with_any(sessions, collection) -> None:
+    with sessions.begin() as s:
+        [(doc_id, _)] = store.insert_documents(s, collection.id, [new_doc(b"lighthouse keeper notes")])
+    with sessions.begin() as s:
+        doc = store.claim_for_parse(s, doc_id, lease_s=60)
+        texts = ["the lighthouse keeper wrote", "a keeper of bees", "the lighthouse at night", "nothing here"]
+        store.save_chunks(s, doc, [Chunk(i, t, 5, 1, 1) for i, t in enumerate(texts)], page_count=1)
+    with sessions.begin() as s:
+        found = (
+            s.execute(
+                text(
+                    "SELECT c.text FROM docpipe_text_search('lighthouse keeper', :n, 3) t "
+                    "JOIN chunks c ON c.id = t.chunk_id"
+                ),
+                {"n": collection.name},
+            )
+            .scalars()
+            .all()
+        )
+        strict = s.execute(
+            text("SELECT count(*) FROM docpipe_text_search('lighthouse keeper', :n, 1)"), {"n": collection.name}
+        ).scalar_one()
+    assert found[0] == "the lighthouse keeper wrote"
+    assert set(found[1:]) == {"a keeper of bees", "the lighthouse at night"}
+    assert strict == 1
