@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -10,28 +9,7 @@ from pathlib import Path
 
 from docpipe.bench.common import minilm_dir
 from docpipe.config import Settings
-
-
-def build_tiny_cross_encoder(target: Path, tokenizer_dir: Path) -> Path:
-    """A random 2-layer BERT cross-encoder with MiniLM's tokenizer: rerank mechanics and cost, not quality."""
-    import torch
-    from transformers import AutoModelForSequenceClassification, BertConfig
-
-    target.mkdir(parents=True, exist_ok=True)
-    for name in ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json"):
-        shutil.copy(tokenizer_dir / name, target / name)
-    config = BertConfig(
-        vocab_size=30522,
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=64,
-        max_position_embeddings=512,
-        num_labels=1,
-    )
-    torch.manual_seed(0)
-    AutoModelForSequenceClassification.from_config(config).save_pretrained(target)
-    return target
+from docpipe.rerank import build_random_cross_encoder
 
 
 def bench_settings(data_dir: Path, *, model_cache: Path | None = None, reranker: Path | None = None) -> Settings:
@@ -70,7 +48,7 @@ def running_stack(work_dir: Path, *, model_cache: Path | None = None) -> Iterato
     from docpipe.client import Client
     from docpipe.stack import Stack
 
-    reranker = build_tiny_cross_encoder(work_dir / "tiny-cross-encoder", minilm_dir())
+    reranker = build_random_cross_encoder(work_dir / "tiny-cross-encoder", minilm_dir())
     settings = bench_settings(work_dir / "stack", model_cache=model_cache, reranker=reranker)
     with (
         Stack(settings, redis_persist=False) as stack,
