@@ -52,6 +52,7 @@ class EmbedConfig(BaseModel):
     device: Device = "auto"
     max_batch_tokens: int = 16_384  # padded tokens claimed per batch from the database
     micro_batch_tokens: int = 8_192  # padded tokens per forward pass (halved on CUDA OOM)
+    bulk_load_chunks: int = 50_000  # pending chunks above which the HNSW index is dropped and rebuilt after; 0: never
     trust_remote_code: bool = False
 
 

@@ -39,6 +39,8 @@ class EmbedStats:
     write_s: float = 0.0  # in the writer thread, overlapped with forward passes
     idle_s: float = 0.0  # model waiting for a claimed batch
     padded_tokens: int = 0  # token slots the forward passes computed, padding included
+    index_deferred: bool = False  # this drain dropped the HNSW index for a bulk load
+    index_build_s: float = 0.0  # seconds spent rebuilding it at the end
     batch_sizes: list[int] = field(default_factory=list)
 
     @property
@@ -104,7 +106,34 @@ def embed_pending(
     if found is None:
         return stats
     model_id, _dim = found
+    with sessions.begin() as session:
+        stats.index_deferred = store.defer_index_for_bulk_load(
+            session, model_id, min_pending=settings.embed.bulk_load_chunks
+        )
     started = time.perf_counter()
+    _run_stages(
+        stats, model_id, sessions=sessions, embed=embed, settings=settings, max_batches=max_batches, depth=depth
+    )
+    if max_batches is None:  # drained: build the index a bulk load dropped
+        t0 = time.perf_counter()
+        with sessions.begin() as session:
+            if store.rebuild_deferred_index(session, model_id):
+                stats.index_build_s = time.perf_counter() - t0
+    stats.wall_s = time.perf_counter() - started
+    return stats
+
+
+def _run_stages(
+    stats: EmbedStats,
+    model_id: int,
+    *,
+    sessions: sessionmaker[Session],
+    embed: Callable[[list[str]], np.ndarray],
+    settings: Settings,
+    max_batches: int | None,
+    depth: int,
+) -> None:
+    """Claimer thread → forward passes here → writer thread, until the claimer finds nothing."""
     claimed: queue.Queue = queue.Queue(maxsize=depth)
     finished: queue.Queue = queue.Queue(maxsize=depth)
     stop = threading.Event()
@@ -161,8 +190,6 @@ def embed_pending(
     for stage in (claimer, writer):
         if stage.error is not None:
             raise stage.error
-    stats.wall_s = time.perf_counter() - started
-    return stats
 
 
 def padded_slots(token_counts: list[int], micro_batch_tokens: int) -> int:

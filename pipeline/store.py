@@ -58,6 +58,50 @@ def create_hnsw_index(session: Session, model_id: int, dim: int) -> None:
     )
 
 
+def defer_index_for_bulk_load(session: Session, model_id: int, *, min_pending: int) -> bool:
+    """Drop the model's HNSW index when its pending chunks outnumber `min_pending` and what is indexed.
+
+    Searches stay correct meanwhile (exact scans); `rebuild_deferred_index`
+    builds the index once the queue is empty. True when this call dropped it.
+    """
+    if min_pending <= 0:
+        return False
+    pending = session.execute(
+        text("SELECT count(*) FROM embedding_queue WHERE model_id = :m"), {"m": model_id}
+    ).scalar_one()
+    if pending < min_pending:
+        return False
+    indexed = session.execute(text("SELECT count(*) FROM embeddings WHERE model_id = :m"), {"m": model_id}).scalar_one()
+    if pending <= indexed:
+        return False
+    won = session.execute(
+        text("UPDATE embedding_models SET index_deferred = true WHERE id = :m AND NOT index_deferred RETURNING id"),
+        {"m": model_id},
+    ).first()
+    if won:
+        session.execute(text(f"DROP INDEX IF EXISTS embeddings_hnsw_m{int(model_id)}"))
+    return won is not None
+
+
+def rebuild_deferred_index(session: Session, model_id: int) -> bool:
+    """Build a dropped index once nothing is pending for the model; True when this call built it."""
+    row = session.execute(
+        text("SELECT dim FROM embedding_models WHERE id = :m AND index_deferred FOR UPDATE SKIP LOCKED"),
+        {"m": model_id},
+    ).first()
+    if row is None:
+        return False
+    pending = session.execute(
+        text("SELECT count(*) FROM embedding_queue WHERE model_id = :m"), {"m": model_id}
+    ).scalar_one()
+    if pending:
+        return False
+    session.execute(text("SET LOCAL maintenance_work_mem = '1GB'"))
+    create_hnsw_index(session, model_id, int(row.dim))
+    session.execute(text("UPDATE embedding_models SET index_deferred = false WHERE id = :m"), {"m": model_id})
+    return True
+
+
 @dataclass(frozen=True)
 class CollectionInfo:
     id: int

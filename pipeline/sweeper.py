@@ -59,7 +59,7 @@ def find_stale_work(
         out.embed_models = list(
             session.execute(
                 text(
-                    "SELECT m.name FROM embedding_models m WHERE EXISTS ("
+                    "SELECT m.name FROM embedding_models m WHERE m.index_deferred OR EXISTS ("
                     "  SELECT 1 FROM embedding_queue q WHERE q.model_id = m.id "
                     "  AND (q.lease_until IS NULL OR q.lease_until < now()))"
                 )

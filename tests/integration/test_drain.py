@@ -87,3 +87,49 @@ def test_a_failing_forward_pass_propagates_and_loses_nothing(sessions) -> None:
             {"d": doc_ids},
         ).scalar()
     assert n == 50
+
+
+def hnsw_index_exists(sessions, model: str) -> bool:
+    with sessions.begin() as s:
+        model_id = store.model_row(s, model)[0]
+        return bool(
+            s.execute(text("SELECT to_regclass(:n) IS NOT NULL"), {"n": f"embeddings_hnsw_m{model_id}"}).scalar()
+        )
+
+
+def test_bulk_load_drops_the_index_and_rebuilds_it_when_drained(sessions) -> None:
+    bulk_model = "test/bulk-4d"
+    with sessions.begin() as s:
+        coll = store.ensure_collection(s, "drain-bulk", model=bulk_model, dim=DIM)
+        rows = store.insert_documents(
+            s,
+            coll.id,
+            [
+                store.NewDocument(f"/bulk/{i}", hashlib.sha256(f"bulk{i}".encode()).digest(), "text/plain", b"x", 1, {})
+                for i in range(4)
+            ],
+        )
+    for doc_id, _ in rows:
+        with sessions.begin() as s:
+            doc = store.claim_for_parse(s, doc_id, lease_s=60)
+            store.save_chunks(s, doc, [Chunk(j, f"bulk {doc_id} {j}", 8, 1, 1) for j in range(10)], page_count=1)
+    assert hnsw_index_exists(sessions, bulk_model)
+    seen_during: list[bool] = []
+
+    def watching_embed(texts: list[str]) -> np.ndarray:
+        seen_during.append(hnsw_index_exists(sessions, bulk_model))
+        return fake_embed(texts)
+
+    cfg = Settings(embed=EmbedConfig(max_batch_tokens=100, bulk_load_chunks=20), worker=WorkerConfig(lease_s=300))
+    stats = embed_pending(bulk_model, sessions=sessions, embed=watching_embed, settings=cfg)
+    assert stats.index_deferred and stats.chunks == 40
+    assert seen_during and not any(seen_during)  # loaded without the index
+    assert hnsw_index_exists(sessions, bulk_model) and stats.index_build_s > 0
+    with sessions.begin() as s:
+        assert not s.execute(
+            text("SELECT index_deferred FROM embedding_models WHERE name = :n"), {"n": bulk_model}
+        ).scalar()
+        hits = s.execute(
+            text("SELECT count(*) FROM docpipe_search(CAST(:v AS vector), 'drain-bulk', 5)"), {"v": "[1,0,0,0]"}
+        ).scalar()
+    assert hits == 5
