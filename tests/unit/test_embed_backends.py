@@ -135,3 +135,25 @@ def test_auto_measures_once_then_reads_its_decision(cache_dir, monkeypatch):
 
     monkeypatch.setattr(autoselect, "_time_interleaved", no_measuring)
     assert load_embedder(cfg, cache_dir=cache_dir).backend == embedder.backend
+
+
+@pytest.mark.parametrize(
+    ("speeds", "expected"),
+    [
+        ({"torch-fp32": 10, "torch-bf16": 20, "onnx-int8": 21}, "torch-bf16"),  # a near-tie goes to fidelity
+        ({"torch-fp32": 10, "torch-bf16": 20, "onnx-int8": 30}, "onnx-int8"),  # clearly faster wins
+        ({"torch-fp32": 10, "torch-bf16": 10.5, "onnx-int8": 9}, "torch-fp32"),
+    ],
+)
+def test_pick_backend_prefers_fidelity_within_the_noise(speeds: dict[str, float], expected: str) -> None:
+    cosine = {"torch-fp32": 1.0, "torch-bf16": 0.99995, "onnx-int8": 0.997}
+    report = {n: {"texts_per_s": v, "mean_cosine": cosine[n], "passed": True} for n, v in speeds.items()}
+    assert autoselect.pick_backend(report) == expected
+
+
+def test_pick_backend_never_picks_one_that_failed_the_quality_check() -> None:
+    report = {
+        "torch-fp32": {"texts_per_s": 10, "mean_cosine": 1.0, "passed": True},
+        "onnx-int8": {"texts_per_s": 50, "mean_cosine": 0.95, "passed": False},
+    }
+    assert autoselect.pick_backend(report) == "torch-fp32"
