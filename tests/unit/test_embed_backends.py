@@ -157,3 +157,39 @@ def test_pick_backend_never_picks_one_that_failed_the_quality_check() -> None:
         "onnx-int8": {"texts_per_s": 50, "mean_cosine": 0.95, "passed": False},
     }
     assert autoselect.pick_backend(report) == "torch-fp32"
+
+
+@pytest.fixture(scope="module")
+def corpus_chunks(corpus_dir: Path, minilm_dir: Path) -> list[str]:
+    """About 200 real chunks of a few text-rich corpus PDFs, cut by docpipe's own chunker."""
+    from tokenizers import Tokenizer
+
+    from docpipe.chunk import chunk_blocks
+    from docpipe.parse import parse_bytes
+
+    tokenizer = Tokenizer.from_file(str(minilm_dir / "tokenizer.json"))
+    names = [
+        "pymupdf__tests__resources__test_4245.pdf",
+        "pymupdf__tests__resources__cython.pdf",
+        "pymupdf__tests__resources__test_4751.pdf",
+    ]
+    out: list[str] = []
+    for name in names:
+        parsed = parse_bytes((corpus_dir / "pdf" / name).read_bytes(), "application/pdf", max_pages=1000)
+        out += [c.text for c in chunk_blocks(parsed.blocks, tokenizer, max_tokens=254, overlap_tokens=32)]
+    return out[:200]
+
+
+@pytest.mark.parametrize("backend", ["torch-bf16", "onnx-int8"])
+def test_search_results_mostly_unchanged_against_fp32(make, corpus_chunks, backend) -> None:
+    """Quality guard on real chunks: top-10 exact search per query, fast backend vs torch-fp32."""
+    queries = [" ".join(text.split()[5:15]) for text in corpus_chunks[::10]]  # 20 queries from the chunks
+
+    def top10(embedder: Embedder) -> list[set[int]]:
+        docs = embedder.embed(corpus_chunks)
+        return [set(np.argsort(-(docs @ embedder.embed_query(q)))[:10].tolist()) for q in queries]
+
+    reference, fast = top10(make("torch-fp32")), top10(make(backend))
+    overlap = float(np.mean([len(a & b) / 10 for a, b in zip(reference, fast, strict=True)]))
+    print(f"\n{backend}: top-10 overlap with torch-fp32 over {len(queries)} queries = {overlap:.3f}")
+    assert overlap >= 0.8
