@@ -29,8 +29,15 @@ class WorkerContext:
 
     @cached_property
     def parser(self):
+        """The sandboxed parser; first use marks this as a parse process and lowers its priority.
+
+        The embedder is the bottleneck by design: when both share CPU cores, parsing
+        should fill the gaps, not slow the model (the sandbox child inherits the niceness).
+        """
         from docpipe.parse import SandboxedParser
 
+        if self.settings.worker.parse_nice > 0:
+            os.nice(self.settings.worker.parse_nice)
         return SandboxedParser(self.settings.parse)
 
     def drain_gate(self, model: str) -> DrainGate:

@@ -231,3 +231,12 @@ def test_workers_serve_prometheus_metrics(stack, ingested) -> None:
     assert parse["docpipe_parse_seconds_count[]"] >= 11
     assert embed["docpipe_chunks_embedded_total[]"] > 0
     assert embed["docpipe_padded_tokens_total[]"] >= embed["docpipe_tokens_embedded_total[]"] > 0
+
+
+def test_parse_processes_yield_the_cpu_to_the_embedder(stack, ingested) -> None:
+    import psutil
+
+    pool = psutil.Process(stack.worker("parse").proc.pid).children()
+    embed = psutil.Process(stack.worker("embed").proc.pid)
+    assert any(p.nice() >= stack.settings.worker.parse_nice for p in pool)  # the ones that parsed
+    assert embed.nice() == 0
