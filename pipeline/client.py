@@ -16,7 +16,6 @@ from docpipe.config import Settings
 from docpipe.db import make_engine, make_sessionmaker, resolve_database_url
 from docpipe.errors import ConfigError
 from docpipe.loading import collect_files, read_document
-from docpipe.models import FINAL_STATES
 from docpipe.search import Hit, SearchMode, search_candidates
 from docpipe.task_queue import TaskQueue, load_task_queue
 
@@ -33,6 +32,11 @@ def check_collection_name(name: str) -> str:
             "use 1-128 letters, digits, '_', '.' or '-', starting with a letter or digit"
         )
     return name
+
+
+def finished(counts: dict[str, int]) -> int:
+    """Documents in a final state (`ready` or `failed`) among per-state counts."""
+    return sum(counts.get(s, 0) for s in store.FINAL_STATES)
 
 
 @dataclass
@@ -52,8 +56,7 @@ class Job:
             return store.state_counts(session, self.document_ids)
 
     def done(self) -> bool:
-        counts = self.counts()
-        return sum(counts.get(s, 0) for s in FINAL_STATES) >= len(set(self.document_ids))
+        return finished(self.counts()) >= len(set(self.document_ids))
 
     def wait(self, *, progress: bool = False, timeout_s: float | None = None, poll_s: float = 0.5) -> dict[str, int]:
         """Block until every document is `ready` or `failed`; returns counts per state."""
@@ -63,13 +66,13 @@ class Job:
         try:
             while True:
                 counts = self.counts()
-                finished = sum(counts.get(s, 0) for s in FINAL_STATES)
+                final = finished(counts)
                 if bar is not None:
-                    bar.update(finished, counts)
-                if finished >= total:
+                    bar.update(final, counts)
+                if final >= total:
                     return counts
                 if deadline is not None and time.monotonic() > deadline:
-                    raise TimeoutError(f"{total - finished} of {total} documents not finished: {counts}")
+                    raise TimeoutError(f"{total - final} of {total} documents not finished: {counts}")
                 time.sleep(poll_s)
         finally:
             if bar is not None:
@@ -210,10 +213,9 @@ class Client:
     def embedder(self, model: str):
         """The query-side embedder of `model`, loaded once per client."""
         if model not in self._embedders:
-            from docpipe.embed import load_embedder
+            from docpipe.embed import load_model_embedder
 
-            cfg = self.settings.embed.model_copy(update={"model": model})
-            self._embedders[model] = load_embedder(cfg, cache_dir=self.settings.model_cache_dir)
+            self._embedders[model] = load_model_embedder(self.settings, model)
         return self._embedders[model]
 
     def search(

@@ -167,13 +167,6 @@ class Stack:
     def worker(self, name: str) -> WorkerSpec:
         return next(w for w in self.workers if w.name == name)
 
-    def restart_worker(self, name: str) -> None:
-        spec = self.worker(name)
-        if spec.proc is not None:
-            stop_process(spec.proc, timeout_s=30)
-        spec.restarts += 1
-        self._spawn(spec)
-
     def supervise_once(self) -> list[str]:
         """Restart children that died; returns their names."""
         dead = [w for w in self.workers if w.proc is not None and w.proc.poll() is not None]

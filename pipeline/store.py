@@ -20,6 +20,8 @@ from sqlalchemy.orm import Session
 from docpipe.errors import ConfigError
 from docpipe.types import Block, Chunk
 
+FINAL_STATES = ("ready", "failed")  # document states no worker moves on from
+
 
 def _raw(session: Session):
     """The psycopg connection under the session, for COPY."""

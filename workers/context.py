@@ -48,10 +48,9 @@ class WorkerContext:
         """The embedder for `model`, loaded once per process."""
         with self._model_lock:
             if model not in self._embedders:
-                from docpipe.embed import load_embedder
+                from docpipe.embed import load_model_embedder
 
-                cfg = self.settings.embed.model_copy(update={"model": model})
-                self._embedders[model] = load_embedder(cfg, cache_dir=self.settings.model_cache_dir)
+                self._embedders[model] = load_model_embedder(self.settings, model)
             return self._embedders[model]
 
     @cached_property

@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from docpipe.config import EmbedConfig
+from docpipe.config import EmbedConfig, Settings
 from docpipe.embed.base import Embedder, PackedEmbedder
 from docpipe.embed.st_config import StModelConfig, read_st_config, resolve_model_dir
 
@@ -21,11 +21,17 @@ __all__ = [
     "StModelConfig",
     "build_embedder",
     "load_embedder",
+    "load_model_embedder",
     "read_st_config",
     "resolve_model_dir",
 ]
 
 log = logging.getLogger(__name__)
+
+
+def load_model_embedder(settings: Settings, model: str) -> Embedder:
+    """The embedder of `model` (a collection's, which may differ from the default) with `settings.embed`."""
+    return load_embedder(settings.embed.model_copy(update={"model": model}), cache_dir=settings.model_cache_dir)
 
 
 def load_embedder(cfg: EmbedConfig, *, cache_dir: Path) -> Embedder:
