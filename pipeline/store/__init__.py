@@ -1,0 +1,13 @@
+"""Database operations of the pipeline, one module per table group. The caller owns the session and transaction.
+
+Every write here is idempotent under redelivery: claims are leases, inserts
+conflict on unique keys, and a state only moves forward from the state the
+caller claimed.
+"""
+
+from docpipe.store.collections import *  # noqa: F403
+from docpipe.store.documents import *  # noqa: F403
+from docpipe.store.embeddings import *  # noqa: F403
+from docpipe.store.parts import *  # noqa: F403
+
+FINAL_STATES = ("ready", "failed")  # document states no worker moves on from

@@ -1,0 +1,127 @@
+"""Embedding models, their HNSW indexes, and collections."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from sqlalchemy import text
+from sqlalchemy.orm import Session
+
+from docpipe.errors import ConfigError
+
+__all__ = [
+    "CollectionInfo",
+    "create_hnsw_index",
+    "defer_index_for_bulk_load",
+    "ensure_collection",
+    "ensure_model",
+    "get_collection",
+    "rebuild_deferred_index",
+]
+
+
+def ensure_model(session: Session, name: str, dim: int) -> int:
+    """The id of embedding model `name`, registering it and its HNSW index on first use."""
+    row = session.execute(text("SELECT id, dim FROM embedding_models WHERE name = :n"), {"n": name}).first()
+    if row is not None:
+        if row.dim != dim:
+            raise ConfigError(f"model {name} is registered with {row.dim} dimensions, not {dim}")
+        return int(row.id)
+    model_id = session.execute(
+        text(
+            "INSERT INTO embedding_models (name, dim) VALUES (:n, :d) "
+            "ON CONFLICT (name) DO UPDATE SET name = EXCLUDED.name RETURNING id"
+        ),
+        {"n": name, "d": dim},
+    ).scalar_one()
+    create_hnsw_index(session, int(model_id), dim)
+    return int(model_id)
+
+
+def create_hnsw_index(session: Session, model_id: int, dim: int) -> None:
+    """Partial HNSW cosine index for one model (identifiers are integers, never user text)."""
+    session.execute(
+        text(
+            f"CREATE INDEX IF NOT EXISTS embeddings_hnsw_m{int(model_id)} ON embeddings "
+            f"USING hnsw ((embedding::vector({int(dim)})) vector_cosine_ops) "
+            f"WHERE model_id = {int(model_id)}"
+        )
+    )
+
+
+def defer_index_for_bulk_load(session: Session, model_id: int, *, min_pending: int) -> bool:
+    """Drop the model's HNSW index when its pending chunks outnumber `min_pending` and what is indexed.
+
+    Searches stay correct meanwhile (exact scans); `rebuild_deferred_index`
+    builds the index once the queue is empty. True when this call dropped it.
+    """
+    if min_pending <= 0:
+        return False
+    pending = session.execute(
+        text("SELECT count(*) FROM embedding_queue WHERE model_id = :m"), {"m": model_id}
+    ).scalar_one()
+    if pending < min_pending:
+        return False
+    indexed = session.execute(text("SELECT count(*) FROM embeddings WHERE model_id = :m"), {"m": model_id}).scalar_one()
+    if pending <= indexed:
+        return False
+    won = session.execute(
+        text("UPDATE embedding_models SET index_deferred = true WHERE id = :m AND NOT index_deferred RETURNING id"),
+        {"m": model_id},
+    ).first()
+    if won:
+        session.execute(text(f"DROP INDEX IF EXISTS embeddings_hnsw_m{int(model_id)}"))
+    return won is not None
+
+
+def rebuild_deferred_index(session: Session, model_id: int) -> bool:
+    """Build a dropped index once nothing is pending for the model; True when this call built it."""
+    row = session.execute(
+        text("SELECT dim FROM embedding_models WHERE id = :m AND index_deferred FOR UPDATE SKIP LOCKED"),
+        {"m": model_id},
+    ).first()
+    if row is None:
+        return False
+    pending = session.execute(
+        text("SELECT count(*) FROM embedding_queue WHERE model_id = :m"), {"m": model_id}
+    ).scalar_one()
+    if pending:
+        return False
+    session.execute(text("SET LOCAL maintenance_work_mem = '1GB'"))
+    create_hnsw_index(session, model_id, int(row.dim))
+    session.execute(text("UPDATE embedding_models SET index_deferred = false WHERE id = :m"), {"m": model_id})
+    return True
+
+
+@dataclass(frozen=True)
+class CollectionInfo:
+    id: int
+    name: str
+    model_id: int
+    model: str
+    dim: int
+
+
+def get_collection(session: Session, name: str) -> CollectionInfo | None:
+    row = session.execute(
+        text(
+            "SELECT c.id, c.name, c.model_id, m.name AS model, m.dim FROM collections c "
+            "JOIN embedding_models m ON m.id = c.model_id WHERE c.name = :n"
+        ),
+        {"n": name},
+    ).first()
+    return CollectionInfo(row.id, row.name, row.model_id, row.model, row.dim) if row else None
+
+
+def ensure_collection(session: Session, name: str, *, model: str, dim: int) -> CollectionInfo:
+    """Collection `name`, created bound to `model` when it does not exist yet."""
+    if (found := get_collection(session, name)) is not None:
+        return found
+    model_id = ensure_model(session, model, dim)
+    session.execute(
+        text("INSERT INTO collections (name, model_id) VALUES (:n, :m) ON CONFLICT (name) DO NOTHING"),
+        {"n": name, "m": model_id},
+    )
+    found = get_collection(session, name)
+    assert found is not None
+    return found

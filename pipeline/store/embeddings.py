@@ -1,0 +1,110 @@
+"""The embed queue: claim pending chunks across documents, write their vectors, mark documents ready."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+from sqlalchemy import text
+from sqlalchemy.orm import Session
+
+from docpipe.store.connection import raw_connection
+
+__all__ = ["PendingChunk", "claim_pending_chunks", "mark_ready", "model_row", "write_embeddings"]
+
+
+@dataclass(frozen=True)
+class PendingChunk:
+    chunk_id: int
+    document_id: int
+    text: str
+    token_count: int
+
+
+def model_row(session: Session, name: str) -> tuple[int, int] | None:
+    """(id, dim) of a registered model."""
+    row = session.execute(text("SELECT id, dim FROM embedding_models WHERE name = :n"), {"n": name}).first()
+    return (int(row.id), int(row.dim)) if row else None
+
+
+def claim_pending_chunks(
+    session: Session, model_id: int, *, max_tokens: int, lease_s: int, max_rows: int = 4096
+) -> list[PendingChunk]:
+    """Lease pending chunks of one model across all documents, up to `max_tokens` tokens in total."""
+    rows = session.execute(
+        text(
+            "WITH cand AS ("
+            "  SELECT chunk_id, token_count FROM embedding_queue "
+            "  WHERE model_id = :m AND (lease_until IS NULL OR lease_until < now()) "
+            "  ORDER BY chunk_id LIMIT :rows FOR UPDATE SKIP LOCKED"
+            "), budget AS ("
+            "  SELECT chunk_id, sum(greatest(token_count, 1)) OVER (ORDER BY chunk_id) AS running FROM cand"
+            "), picked AS ("
+            "  SELECT chunk_id FROM budget WHERE running <= :budget "
+            "  UNION SELECT min(chunk_id) FROM cand"  # at least one, even if it alone is over budget
+            ") "
+            "UPDATE embedding_queue q SET lease_until = now() + make_interval(secs => :lease), "
+            "   attempts = q.attempts + 1 "
+            "FROM picked p, chunks c "
+            "WHERE q.model_id = :m AND q.chunk_id = p.chunk_id AND c.id = q.chunk_id "
+            "RETURNING q.chunk_id, q.document_id, c.text, q.token_count"
+        ),
+        {"m": model_id, "rows": max_rows, "budget": max_tokens, "lease": lease_s},
+    ).all()
+    return [PendingChunk(r.chunk_id, r.document_id, r.text, r.token_count) for r in rows]
+
+
+def write_embeddings(session: Session, model_id: int, chunk_ids: Sequence[int], vectors: np.ndarray) -> int:
+    """COPY vectors in (binary), drop their queue rows, mark finished documents ready.
+
+    Returns the number of documents that became ready. A vector that already
+    exists (a redelivered batch) is kept as it is.
+    """
+    from pgvector.psycopg import register_vector
+
+    raw = raw_connection(session)
+    register_vector(raw)
+    session.execute(
+        text("CREATE TEMP TABLE IF NOT EXISTS embedding_stage (chunk_id int8, embedding vector) ON COMMIT DELETE ROWS")
+    )
+    with (
+        raw.cursor() as cur,
+        cur.copy("COPY embedding_stage (chunk_id, embedding) FROM STDIN WITH (FORMAT BINARY)") as copy,
+    ):
+        copy.set_types(["int8", "vector"])
+        for cid, vec in zip(chunk_ids, vectors, strict=True):
+            copy.write_row((cid, np.asarray(vec, dtype=np.float32)))
+    session.execute(
+        text(
+            "INSERT INTO embeddings (chunk_id, model_id, embedding) "
+            "SELECT s.chunk_id, :m, s.embedding FROM embedding_stage s "
+            "JOIN chunks c ON c.id = s.chunk_id "  # the chunk may be gone (document re-parsed)
+            "ON CONFLICT (chunk_id, model_id) DO NOTHING"
+        ),
+        {"m": model_id},
+    )
+    doc_ids = (
+        session.execute(
+            text("DELETE FROM embedding_queue WHERE model_id = :m AND chunk_id = ANY(:ids) RETURNING document_id"),
+            {"m": model_id, "ids": list(chunk_ids)},
+        )
+        .scalars()
+        .all()
+    )
+    return mark_ready(session, sorted(set(doc_ids)))
+
+
+def mark_ready(session: Session, document_ids: Sequence[int]) -> int:
+    """Documents in `embedding` with nothing left in the queue become `ready`."""
+    if not document_ids:
+        return 0
+    result = session.execute(
+        text(
+            "UPDATE documents d SET state = 'ready', last_error = NULL, updated_at = now() "
+            "WHERE d.id = ANY(:ids) AND d.state = 'embedding' "
+            "AND NOT EXISTS (SELECT 1 FROM embedding_queue q WHERE q.document_id = d.id)"
+        ),
+        {"ids": list(document_ids)},
+    )
+    return int(result.rowcount or 0)
