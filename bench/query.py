@@ -172,7 +172,7 @@ def _latencies(queries: Sequence[str], runners: dict[str, Callable[[str], object
 
 
 def measure_query(run: RunningStack, real_texts: Sequence[str], *, n: int, queries: int) -> Section:
-    from docpipe.search import search_candidates
+    from docpipe.search import search_chunks
 
     section = Section(
         "query", f"Query latency over {n} synthetic chunks", "p50 of the bare query embedding (embed_query) = 1.0"
@@ -194,7 +194,15 @@ def measure_query(run: RunningStack, real_texts: Sequence[str], *, n: int, queri
     def sql_vector(q: str) -> object:
         vec = embedder.embed_query(q)
         with client.sessions.begin() as session:
-            return search_candidates(session, query=q, query_vec=vec, collection=COLLECTION, k=K, mode="vector")
+            return search_chunks(
+                session,
+                query=q,
+                query_vec=vec,
+                collection=COLLECTION,
+                depth=K,
+                config=run.settings.search,
+                mode="vector",
+            )
 
     runners: dict[str, Callable[[str], object]] = {
         "embed_query": embedder.embed_query,

@@ -17,14 +17,17 @@ import re
 from bisect import bisect_left, bisect_right
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
 from typing import TYPE_CHECKING
 
+from docpipe.chunk_context import header_budget, with_headers
 from docpipe.types import Block, Chunk
 
 if TYPE_CHECKING:
     import tokenizers
 
-__all__ = ["chunk_blocks"]
+__all__ = ["ChunkTokenizer", "chunk_blocks", "chunk_document", "chunk_tokenizer"]
 
 # Strength of the boundary in front of a token; a cut at level k may use any stronger boundary.
 _TOKEN, _PIECE, _WORD, _SENTENCE, _BLOCK = range(5)
@@ -50,6 +53,41 @@ _CJK_RANGES = (
     (0xFF00, 0xFFEF),  # full-width forms
     (0x20000, 0x2FFFF),
 )
+
+
+@dataclass(frozen=True)
+class ChunkTokenizer:
+    """The embedding model's tokenizer and the token budget of one embedded chunk (header included)."""
+
+    tokenizer: tokenizers.Tokenizer
+    max_tokens: int
+
+
+@lru_cache(maxsize=8)
+def chunk_tokenizer(model: str, cache_dir: Path, max_tokens: int) -> ChunkTokenizer:
+    """Load only the tokenizer of `model` (no weights); cap chunks at its max sequence length."""
+    from docpipe.embed.base import load_fast_tokenizer
+    from docpipe.embed.st_config import read_st_config, resolve_model_dir
+
+    st_config = read_st_config(resolve_model_dir(model, cache_dir=cache_dir))
+    tok, _pad_id = load_fast_tokenizer(st_config)
+    special = len(tok.encode("", add_special_tokens=True).ids)
+    return ChunkTokenizer(tok, max(8, min(max_tokens, st_config.max_tokens - special)))
+
+
+def chunk_document(
+    blocks: Sequence[Block], tok: ChunkTokenizer, *, overlap_tokens: int, title: str | None = None
+) -> list[Chunk]:
+    """Chunks of one document, each with its contextual header, all within `tok.max_tokens` when embedded.
+
+    The header (title and heading path) takes its room from the chunk's budget,
+    so the model never truncates the text it embeds.
+    """
+    plain = _without_truncation(tok.tokenizer)
+    budget = header_budget(title, [b.heading_path for b in blocks], plain, tok.max_tokens)
+    room = tok.max_tokens - budget
+    chunks = chunk_blocks(blocks, plain, max_tokens=room, overlap_tokens=min(overlap_tokens, room // 2))
+    return with_headers(chunks, title, plain, budget)
 
 
 def chunk_blocks(
@@ -266,6 +304,9 @@ class _Planner:
         """All chunks: planned from token counts, checked in one batch, re-planned from a misfit."""
         spans = []
         content, previous_start = 0, 0
+        if self.stream.size <= self.max_tokens:  # a document that fits stays one chunk, whatever its headings
+            spans.append((0, 0, self.stream.size))
+            content = self.stream.size
         while content < self.stream.size:
             start, end = self._next_span(content, previous_start)
             spans.append((start, content, end))

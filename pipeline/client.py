@@ -16,7 +16,7 @@ from docpipe.config import Settings
 from docpipe.db import make_engine, make_sessionmaker, resolve_database_url
 from docpipe.errors import ConfigError
 from docpipe.loading import collect_files, read_document
-from docpipe.search import Hit, SearchMode, search_candidates
+from docpipe.search import GroupBy, Hit, SearchMode, candidate_depth, group_by_document, search_chunks
 from docpipe.task_queue import TaskQueue, load_task_queue
 
 __all__ = ["Client", "FailedDocument", "Hit", "Job"]
@@ -195,7 +195,7 @@ class Client:
         model = self.settings.embed.model
         dim = read_st_config(resolve_model_dir(model, cache_dir=self.settings.model_cache_dir)).dim
         with self.sessions.begin() as session:
-            return store.ensure_collection(session, name, model=model, dim=dim)
+            return store.ensure_collection(session, name, model=model, dim=dim, analysis=self.settings.search)
 
     def _store_and_enqueue(self, collection_id: int, docs: list[store.NewDocument], job: Job) -> None:
         with self.sessions.begin() as session:  # committed before any message is sent
@@ -227,13 +227,22 @@ class Client:
         rerank: bool = False,
         mode: SearchMode = "hybrid",
         where: dict[str, Any] | None = None,
+        group_by: GroupBy = None,
         timeout_s: float = 60.0,
     ) -> list[Hit]:
-        """Top `k` chunks for `query`; `where` filters on document metadata (JSON containment)."""
+        """Top `k` chunks for `query` (or documents, with `group_by="document"`: each one's best chunk).
+
+        `where` filters on document metadata (JSON containment). With `rerank`,
+        the fused list's best `rerank.candidates` go to the cross-encoder.
+        """
         if not query.strip():
             raise ValueError("empty query")
         if k < 1:
             raise ValueError("k must be at least 1")
+        if mode not in ("hybrid", "vector", "text"):
+            raise ValueError(f"mode must be 'hybrid', 'vector' or 'text', not {mode!r}")
+        if group_by not in (None, "document"):
+            raise ValueError(f"group_by must be None or 'document', not {group_by!r}")
         collection = check_collection_name(self.settings.default_collection if collection is None else collection)
         if where is not None and not isinstance(where, dict):
             raise ValueError("where must be a dict (JSON containment filter on document metadata)")
@@ -242,17 +251,33 @@ class Client:
         if coll is None:
             raise ConfigError(f"unknown collection: {collection!r}")
         query_vec = None if mode == "text" else self.embedder(coll.model).embed_query(query)
-        n = max(k, self.settings.rerank.candidates) if rerank else k
+        config = self.settings.search
+        rerank_n = self.settings.rerank.candidates if rerank else 0
+        depth = candidate_depth(k, config, group_by=group_by, rerank_candidates=rerank_n)
         with self.sessions.begin() as session:
-            hits = search_candidates(
-                session, query=query, query_vec=query_vec, collection=collection, k=n, mode=mode, where=where
-            )
-        if not rerank or not hits:
-            return hits[:k]
-        scored = self.task_queue.rerank(query, [h.chunk_id for h in hits], timeout_s=timeout_s)
+            hits = search_chunks(
+                session, query=query, query_vec=query_vec, collection=collection, depth=depth, config=config,
+                mode=mode, where=where, limit=None if group_by else max(k, rerank_n),
+            )  # fmt: skip
+        if rerank and hits:
+            hits = self._rerank(query, hits[:rerank_n], timeout_s=timeout_s)
+        if group_by == "document":
+            hits = group_by_document(hits)
+        return hits[:k]
+
+    def _rerank(self, query: str, hits: list[Hit], *, timeout_s: float) -> list[Hit]:
+        """`hits` re-ordered by the cross-encoder on the rerank queue; `score` becomes its score."""
+        try:
+            scored = self.task_queue.rerank(query, [h.chunk_id for h in hits], timeout_s=timeout_s)
+        except Exception as err:  # the worker's load or scoring error, or no worker answering in time
+            raise ConfigError(
+                f"rerank failed with cross-encoder {self.settings.rerank.model!r} "
+                f"(setting DOCPIPE_RERANK__MODEL: a Hugging Face id, which needs the hub, or a local directory): "
+                f"{type(err).__name__}: {err}"
+            ) from err
         by_id = {h.chunk_id: h for h in hits}
         out = []
-        for cid, score in scored[:k]:
+        for cid, score in scored:
             hit = by_id[cid]
             hit.score = score
             out.append(hit)

@@ -56,6 +56,21 @@ class EmbedConfig(BaseModel):
     trust_remote_code: bool = False
 
 
+class SearchConfig(BaseModel):
+    """Query-side defaults. The text analysis and BM25 parameters are recorded per collection at creation.
+
+    Fusion defaults were chosen on the SciFact train split (README, "Search quality").
+    """
+
+    text_config: str = "english"  # Postgres text search configuration: stop words + Snowball stemmer
+    bm25_k1: float = 0.9  # BM25 term-frequency saturation
+    bm25_b: float = 0.4  # BM25 length normalisation, 0..1
+    fusion: Literal["convex", "rrf"] = "convex"  # min-max normalised score fusion, or reciprocal rank fusion
+    vector_weight: float = 0.6  # weight of the dense side in fusion (the keyword side gets 1 - weight)
+    rrf_k: int = 60  # reciprocal-rank-fusion constant
+    candidates: int = 100  # chunks each side contributes to fusion, at least k
+
+
 class RerankConfig(BaseModel):
     """The cross-encoder used when a search asks for reranking."""
 
@@ -98,6 +113,7 @@ class Settings(BaseSettings):
     parse: ParseLimits = ParseLimits()
     chunk: TokenChunker = TokenChunker()
     embed: EmbedConfig = EmbedConfig()
+    search: SearchConfig = SearchConfig()
     rerank: RerankConfig = RerankConfig()
     worker: WorkerConfig = WorkerConfig()
 

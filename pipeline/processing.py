@@ -8,41 +8,19 @@ parser or the model runs, a short one to write.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from functools import lru_cache
-from pathlib import Path
 
 from sqlalchemy.orm import Session, sessionmaker
 
 from docpipe import store
-from docpipe.chunk import chunk_blocks
+from docpipe.chunk import ChunkTokenizer, chunk_document, chunk_tokenizer
 from docpipe.config import Settings
 from docpipe.errors import PermanentError, RetryableError
 from docpipe.parse import PDF, SandboxedParser, normalize_media_type, with_page_range
-from docpipe.types import Block
+from docpipe.types import ParsedDocument
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class ChunkTokenizer:
-    """The embedding model's tokenizer and the content budget of one chunk (tokens)."""
-
-    tokenizer: object  # tokenizers.Tokenizer
-    max_tokens: int
-
-
-@lru_cache(maxsize=8)
-def chunk_tokenizer(model: str, cache_dir: Path, max_tokens: int) -> ChunkTokenizer:
-    """Load only the tokenizer of `model` (no weights); cap chunks at its max sequence length."""
-    from docpipe.embed.base import load_fast_tokenizer
-    from docpipe.embed.st_config import read_st_config, resolve_model_dir
-
-    st_config = read_st_config(resolve_model_dir(model, cache_dir=cache_dir))
-    tok, _pad_id = load_fast_tokenizer(st_config)
-    special = len(tok.encode("", add_special_tokens=True).ids)
-    return ChunkTokenizer(tok, max(8, min(max_tokens, st_config.max_tokens - special)))
 
 
 @dataclass
@@ -60,14 +38,11 @@ def _tokenizer_for(settings: Settings) -> Callable[[str], ChunkTokenizer]:
     return lambda model: chunk_tokenizer(model, settings.model_cache_dir, settings.chunk.max_tokens)
 
 
-def _chunk(blocks: Sequence[Block], tok: ChunkTokenizer, settings: Settings) -> list:
-    overlap = min(settings.chunk.overlap_tokens, tok.max_tokens // 2)
-    return chunk_blocks(blocks, tok.tokenizer, max_tokens=tok.max_tokens, overlap_tokens=overlap)
-
-
-def _save(sessions: sessionmaker[Session], doc: store.ClaimedDocument, chunks: list, page_count: int) -> ParseOutcome:
+def _save(
+    sessions: sessionmaker[Session], doc: store.ClaimedDocument, chunks: list, parsed: ParsedDocument
+) -> ParseOutcome:
     with sessions.begin() as session:
-        state = store.save_chunks(session, doc, chunks, page_count=page_count)
+        state = store.save_chunks(session, doc, chunks, page_count=parsed.page_count, title=parsed.title)
     if state is None:
         return ParseOutcome(doc.id, "skipped", reason="claim lost to a newer attempt")
     return ParseOutcome(doc.id, state, model=doc.model, chunks=len(chunks))
@@ -111,7 +86,9 @@ def parse_document(
             if not kept:
                 return ParseOutcome(doc.id, "skipped", reason="claim lost to a newer attempt")
             return ParseOutcome(doc.id, "split", attempt=doc.attempts, parts=list(range(1, len(ranges) + 1)))
-        chunks = _chunk(parsed.blocks, tokenizer_for(doc.model), settings)
+        chunks = chunk_document(
+            parsed.blocks, tokenizer_for(doc.model), overlap_tokens=settings.chunk.overlap_tokens, title=parsed.title
+        )
     except PermanentError as err:
         with sessions.begin() as session:
             store.fail_document(session, doc, str(err))
@@ -123,7 +100,7 @@ def parse_document(
                 return ParseOutcome(doc.id, "failed", reason=str(err))
             store.release_for_retry(session, doc, str(err))
         raise
-    return _save(sessions, doc, chunks, parsed.page_count)
+    return _save(sessions, doc, chunks, parsed)
 
 
 def parse_part(
@@ -160,5 +137,6 @@ def parse_part(
         return ParseOutcome(doc.id, "parsing")
     with sessions.begin() as session:
         blocks = store.part_blocks(session, doc.id)
-    chunks = _chunk(blocks, (tokenizer_for or _tokenizer_for(settings))(doc.model), settings)
-    return _save(sessions, doc, chunks, parsed.page_count)
+    tok = (tokenizer_for or _tokenizer_for(settings))(doc.model)
+    chunks = chunk_document(blocks, tok, overlap_tokens=settings.chunk.overlap_tokens, title=parsed.title)
+    return _save(sessions, doc, chunks, ParsedDocument(blocks, parsed.page_count, parsed.title))

@@ -40,3 +40,4 @@ class Chunk:
     page_start: int
     page_end: int
     heading_path: tuple[str, ...] = ()
+    context: str = ""  # document title and heading path, embedded and keyword-indexed with `text`

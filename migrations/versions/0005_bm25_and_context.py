@@ -1,19 +1,199 @@
-"""Placeholder: BM25 postings, chunk context headers, per-collection text analysis (work in progress).
+"""BM25 keyword ranking inside Postgres, chunk context headers, per-collection text analysis.
+
+- `collections` records its text analysis (`text_config`, a Postgres text
+  search configuration: stop words and Snowball stemming) and its BM25
+  parameters (`bm25_k1`, `bm25_b`).
+- `documents.title` is the parser's title; `chunks.context` is the header
+  (title and heading path) that is embedded and keyword-indexed with the
+  chunk, while `chunks.text` stays what the page says.
+- `chunk_terms` is an inverted index, one posting per (chunk, lexeme) with its
+  term frequency and the chunk's analysed length; `bm25_stats` keeps the
+  collection's chunk count and total length. Statement-level triggers on
+  `chunks` maintain both in the writing transaction, whatever path inserts
+  or deletes chunks (COPY, cascade), so the statistics are exact at all times.
+- `docpipe_text_search()` keeps its signature and now returns BM25 scores:
+  Σ idf(t) · tf·(k1+1) / (tf + k1·(1 − b + b·dl/avgdl)), Lucene's idf
+  ln(1 + (N − df + 0.5)/(df + 0.5)), the query analysed like the chunks.
+- The generated `chunks.tsv` column and its GIN index go: postings replace
+  them, and they cost every chunk write.
 
 Revision ID: 0005
 Revises: 0004
 Create Date: 2026-11-30
 """
 
+from alembic import op
+
 revision = "0005"
 down_revision = "0004"
 branch_labels = None
 depends_on = None
 
+UPGRADE = r"""
+ALTER TABLE collections
+    ADD COLUMN text_config regconfig NOT NULL DEFAULT 'english',
+    ADD COLUMN bm25_k1 real NOT NULL DEFAULT 0.9 CHECK (bm25_k1 >= 0),
+    ADD COLUMN bm25_b real NOT NULL DEFAULT 0.4 CHECK (bm25_b BETWEEN 0 AND 1);
+ALTER TABLE documents ADD COLUMN title text;
+
+DROP FUNCTION IF EXISTS docpipe_text_search(text, text, integer, jsonb);
+DROP INDEX IF EXISTS chunks_tsv;
+ALTER TABLE chunks DROP COLUMN IF EXISTS tsv;
+ALTER TABLE chunks ADD COLUMN context text NOT NULL DEFAULT '';
+
+CREATE TABLE chunk_terms (
+    collection_id  integer NOT NULL,
+    lexeme         text NOT NULL,
+    chunk_id       bigint NOT NULL,
+    tf             integer NOT NULL,   -- occurrences of the lexeme in context + text
+    dl             integer NOT NULL,   -- the chunk's analysed length (lexeme occurrences)
+    PRIMARY KEY (collection_id, lexeme, chunk_id)
+) WITH (fillfactor = 100);
+CREATE INDEX chunk_terms_chunk ON chunk_terms (chunk_id);
+
+CREATE TABLE bm25_stats (
+    collection_id  integer PRIMARY KEY REFERENCES collections (id) ON DELETE CASCADE,
+    chunks         bigint NOT NULL DEFAULT 0,   -- N
+    terms          bigint NOT NULL DEFAULT 0    -- Σ dl, so avgdl = terms / chunks
+);
+
+CREATE FUNCTION docpipe_index_chunk_terms() RETURNS trigger
+LANGUAGE plpgsql AS $fn$
+BEGIN
+    WITH analysed AS (
+        SELECT n.id AS chunk_id, d.collection_id, t.lexeme, cardinality(t.positions) AS tf
+        FROM new_chunks n
+        JOIN documents d   ON d.id = n.document_id
+        JOIN collections c ON c.id = d.collection_id,
+             unnest(to_tsvector(c.text_config, n.context || E'\n\n' || n.text)) t
+    ), lengths AS (
+        SELECT chunk_id, sum(tf)::integer AS dl FROM analysed GROUP BY chunk_id
+    ), postings AS (
+        INSERT INTO chunk_terms (collection_id, lexeme, chunk_id, tf, dl)
+        SELECT a.collection_id, a.lexeme, a.chunk_id, a.tf, l.dl
+        FROM analysed a JOIN lengths l USING (chunk_id)
+        ON CONFLICT DO NOTHING
+    )
+    INSERT INTO bm25_stats AS s (collection_id, chunks, terms)
+    SELECT d.collection_id, count(*), coalesce(sum(l.dl), 0)
+    FROM new_chunks n JOIN documents d ON d.id = n.document_id
+    LEFT JOIN lengths l ON l.chunk_id = n.id
+    GROUP BY d.collection_id
+    ON CONFLICT (collection_id) DO UPDATE
+        SET chunks = s.chunks + EXCLUDED.chunks, terms = s.terms + EXCLUDED.terms;
+    RETURN NULL;
+END
+$fn$;
+
+CREATE FUNCTION docpipe_unindex_chunk_terms() RETURNS trigger
+LANGUAGE plpgsql AS $fn$
+BEGIN
+    WITH gone AS (
+        DELETE FROM chunk_terms t USING old_chunks o WHERE t.chunk_id = o.id
+        RETURNING t.collection_id, t.chunk_id, t.tf
+    ), per_chunk AS (
+        SELECT o.id, coalesce(g.collection_id, d.collection_id) AS collection_id, coalesce(sum(g.tf), 0) AS dl
+        FROM old_chunks o
+        LEFT JOIN gone g ON g.chunk_id = o.id
+        LEFT JOIN documents d ON d.id = o.document_id
+        GROUP BY o.id, g.collection_id, d.collection_id
+    )
+    UPDATE bm25_stats s SET chunks = s.chunks - x.n, terms = s.terms - x.dl
+    FROM (SELECT collection_id, count(*) AS n, sum(dl) AS dl FROM per_chunk
+          WHERE collection_id IS NOT NULL GROUP BY collection_id) x
+    WHERE s.collection_id = x.collection_id;
+    RETURN NULL;
+END
+$fn$;
+
+CREATE TRIGGER chunks_index_terms AFTER INSERT ON chunks
+    REFERENCING NEW TABLE AS new_chunks FOR EACH STATEMENT EXECUTE FUNCTION docpipe_index_chunk_terms();
+CREATE TRIGGER chunks_unindex_terms AFTER DELETE ON chunks
+    REFERENCING OLD TABLE AS old_chunks FOR EACH STATEMENT EXECUTE FUNCTION docpipe_unindex_chunk_terms();
+
+-- Chunks written before this migration: index them once.
+INSERT INTO chunk_terms (collection_id, lexeme, chunk_id, tf, dl)
+SELECT a.collection_id, a.lexeme, a.chunk_id, a.tf, sum(a.tf) OVER (PARTITION BY a.chunk_id)
+FROM (
+    SELECT ch.id AS chunk_id, d.collection_id, t.lexeme, cardinality(t.positions) AS tf
+    FROM chunks ch JOIN documents d ON d.id = ch.document_id JOIN collections c ON c.id = d.collection_id,
+         unnest(to_tsvector(c.text_config, ch.context || E'\n\n' || ch.text)) t
+) a;
+INSERT INTO bm25_stats (collection_id, chunks, terms)
+SELECT c.id,
+       (SELECT count(*) FROM chunks ch JOIN documents d ON d.id = ch.document_id WHERE d.collection_id = c.id),
+       coalesce((SELECT sum(tf) FROM chunk_terms t WHERE t.collection_id = c.id), 0)
+FROM collections c;
+
+-- BM25 over a collection's chunks:
+--   SELECT * FROM docpipe_text_search('lease renewal', 'docs', 10);
+-- Scores every posting of the query's lexemes (stop words never reach the index), so its
+-- cost is the query terms' document frequencies, read from one index range per term.
+CREATE FUNCTION docpipe_text_search(query_text text, collection_name text, k integer DEFAULT 10,
+                                    metadata_filter jsonb DEFAULT NULL)
+RETURNS TABLE (chunk_id bigint, rank double precision)
+LANGUAGE plpgsql STABLE
+AS $fn$
+DECLARE
+    coll   collections%ROWTYPE;
+    n      double precision;
+    avgdl  double precision;
+BEGIN
+    SELECT * INTO coll FROM collections c WHERE c.name = collection_name;
+    IF coll.id IS NULL THEN
+        RAISE EXCEPTION 'unknown collection: %', collection_name USING ERRCODE = 'no_data_found';
+    END IF;
+    SELECT s.chunks, s.terms::double precision / greatest(s.chunks, 1) INTO n, avgdl
+    FROM bm25_stats s WHERE s.collection_id = coll.id;
+    IF coalesce(n, 0) = 0 THEN
+        RETURN;
+    END IF;
+    RETURN QUERY
+    WITH q AS (
+        SELECT t.lexeme, cardinality(t.positions) AS qtf
+        FROM unnest(to_tsvector(coll.text_config, query_text)) t
+    ), p AS (
+        SELECT t.chunk_id, t.tf, t.dl, q.qtf, count(*) OVER (PARTITION BY t.lexeme) AS df
+        FROM q JOIN chunk_terms t ON t.collection_id = coll.id AND t.lexeme = q.lexeme
+    ), scored AS (
+        SELECT p.chunk_id,
+               sum(p.qtf * ln(1 + (n - p.df + 0.5) / (p.df + 0.5))
+                   * p.tf * (coll.bm25_k1 + 1)
+                   / (p.tf + coll.bm25_k1 * (1 - coll.bm25_b + coll.bm25_b * p.dl / avgdl))) AS score
+        FROM p GROUP BY p.chunk_id
+    )
+    SELECT s.chunk_id, s.score
+    FROM scored s
+    WHERE metadata_filter IS NULL OR EXISTS (
+        SELECT 1 FROM chunks ch JOIN documents d ON d.id = ch.document_id
+        WHERE ch.id = s.chunk_id AND d.metadata @> metadata_filter)
+    ORDER BY s.score DESC, s.chunk_id
+    LIMIT k;
+END
+$fn$;
+"""
+
+DOWNGRADE = r"""
+DROP FUNCTION IF EXISTS docpipe_text_search(text, text, integer, jsonb);
+DROP TRIGGER IF EXISTS chunks_index_terms ON chunks;
+DROP TRIGGER IF EXISTS chunks_unindex_terms ON chunks;
+DROP FUNCTION IF EXISTS docpipe_index_chunk_terms();
+DROP FUNCTION IF EXISTS docpipe_unindex_chunk_terms();
+DROP TABLE IF EXISTS bm25_stats, chunk_terms;
+ALTER TABLE chunks DROP COLUMN context;
+ALTER TABLE chunks ADD COLUMN tsv tsvector GENERATED ALWAYS AS (to_tsvector('simple', text)) STORED;
+CREATE INDEX chunks_tsv ON chunks USING gin (tsv);
+ALTER TABLE documents DROP COLUMN title;
+ALTER TABLE collections DROP COLUMN text_config, DROP COLUMN bm25_k1, DROP COLUMN bm25_b;
+"""
+
 
 def upgrade() -> None:
-    pass
+    op.execute(UPGRADE)
 
 
 def downgrade() -> None:
-    pass
+    op.execute(DOWNGRADE)
+    from importlib import import_module
+
+    op.execute(import_module("docpipe.migrations.versions.0003_text_search_all_words_first").FUNCTION)

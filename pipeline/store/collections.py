@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from sqlalchemy import text
 from sqlalchemy.orm import Session
 
+from docpipe.config import SearchConfig
 from docpipe.errors import ConfigError
 
 __all__ = [
@@ -100,27 +101,37 @@ class CollectionInfo:
     model_id: int
     model: str
     dim: int
+    text_config: str = "english"  # Postgres text search configuration of its keyword index
 
 
 def get_collection(session: Session, name: str) -> CollectionInfo | None:
     row = session.execute(
         text(
-            "SELECT c.id, c.name, c.model_id, m.name AS model, m.dim FROM collections c "
-            "JOIN embedding_models m ON m.id = c.model_id WHERE c.name = :n"
+            "SELECT c.id, c.name, c.model_id, m.name AS model, m.dim, c.text_config::text AS text_config "
+            "FROM collections c JOIN embedding_models m ON m.id = c.model_id WHERE c.name = :n"
         ),
         {"n": name},
     ).first()
-    return CollectionInfo(row.id, row.name, row.model_id, row.model, row.dim) if row else None
+    return CollectionInfo(row.id, row.name, row.model_id, row.model, row.dim, row.text_config) if row else None
 
 
-def ensure_collection(session: Session, name: str, *, model: str, dim: int) -> CollectionInfo:
-    """Collection `name`, created bound to `model` when it does not exist yet."""
+def ensure_collection(
+    session: Session, name: str, *, model: str, dim: int, analysis: SearchConfig | None = None
+) -> CollectionInfo:
+    """Collection `name`, created bound to `model` and `analysis` when it does not exist yet."""
     if (found := get_collection(session, name)) is not None:
         return found
+    analysis = analysis or SearchConfig()
+    known = session.execute(text("SELECT EXISTS (SELECT 1 FROM pg_ts_config WHERE cfgname = split_part(:t, '.', -1))"), {"t": analysis.text_config}).scalar_one()
+    if not known:
+        raise ConfigError(f"unknown text search configuration {analysis.text_config!r} (see \\dF in psql)")
     model_id = ensure_model(session, model, dim)
     session.execute(
-        text("INSERT INTO collections (name, model_id) VALUES (:n, :m) ON CONFLICT (name) DO NOTHING"),
-        {"n": name, "m": model_id},
+        text(
+            "INSERT INTO collections (name, model_id, text_config, bm25_k1, bm25_b) "
+            "VALUES (:n, :m, CAST(:t AS regconfig), :k1, :b) ON CONFLICT (name) DO NOTHING"
+        ),
+        {"n": name, "m": model_id, "t": analysis.text_config, "k1": analysis.bm25_k1, "b": analysis.bm25_b},
     )
     found = get_collection(session, name)
     assert found is not None

@@ -135,7 +135,9 @@ def still_claimed(session: Session, doc: ClaimedDocument) -> bool:
     return row is not None and row.state == "parsing" and row.attempts == doc.attempts
 
 
-def save_chunks(session: Session, doc: ClaimedDocument, chunks: Sequence[Chunk], *, page_count: int) -> str | None:
+def save_chunks(
+    session: Session, doc: ClaimedDocument, chunks: Sequence[Chunk], *, page_count: int, title: str | None = None
+) -> str | None:
     """Replace the document's chunks and queue them for embedding; returns the new state.
 
     None when the claim was lost (lease expired and another worker took over):
@@ -149,14 +151,23 @@ def save_chunks(session: Session, doc: ClaimedDocument, chunks: Sequence[Chunk],
         with (
             raw_connection(session).cursor() as cur,
             cur.copy(
-                "COPY chunks (document_id, ordinal, text, token_count, page_start, page_end, heading_path) "
+                "COPY chunks (document_id, ordinal, text, context, token_count, page_start, page_end, heading_path) "
                 "FROM STDIN WITH (FORMAT BINARY)"
             ) as copy,
         ):
-            copy.set_types(["int8", "int4", "text", "int4", "int4", "int4", "text[]"])
+            copy.set_types(["int8", "int4", "text", "text", "int4", "int4", "int4", "text[]"])
             for c in chunks:
                 copy.write_row(
-                    (doc.id, c.ordinal, c.text, c.token_count, c.page_start, c.page_end, list(c.heading_path))
+                    (
+                        doc.id,
+                        c.ordinal,
+                        c.text,
+                        c.context,
+                        c.token_count,
+                        c.page_start,
+                        c.page_end,
+                        list(c.heading_path),
+                    )
                 )
         session.execute(
             text(
@@ -169,11 +180,11 @@ def save_chunks(session: Session, doc: ClaimedDocument, chunks: Sequence[Chunk],
     state = "embedding" if chunks else "ready"
     session.execute(
         text(
-            "UPDATE documents SET state = :s, page_count = :p, chunk_count = :n, lease_until = NULL, "
+            "UPDATE documents SET state = :s, page_count = :p, chunk_count = :n, lease_until = NULL, title = :t, "
             "last_error = CASE WHEN :n = 0 THEN 'no text found (scanned, image-only or empty document)' END, "
             "updated_at = now() WHERE id = :d"
         ),
-        {"s": state, "p": page_count, "n": len(chunks), "d": doc.id},
+        {"s": state, "p": page_count, "n": len(chunks), "d": doc.id, "t": title},
     )
     return state
 

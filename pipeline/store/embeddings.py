@@ -48,7 +48,8 @@ def claim_pending_chunks(
             "   attempts = q.attempts + 1 "
             "FROM picked p, chunks c "
             "WHERE q.model_id = :m AND q.chunk_id = p.chunk_id AND c.id = q.chunk_id "
-            "RETURNING q.chunk_id, q.document_id, c.text, q.token_count"
+            "RETURNING q.chunk_id, q.document_id, "
+            "  CASE WHEN c.context = '' THEN c.text ELSE c.context || E'\\n\\n' || c.text END AS text, q.token_count"
         ),
         {"m": model_id, "rows": max_rows, "budget": max_tokens, "lease": lease_s},
     ).all()

@@ -74,9 +74,9 @@ def snapshot(client: Client, document_ids: list[int]) -> dict:
 
 def exact_top(client: Client, query: str, k: int = 5) -> list[tuple[str, int, str, float]]:
     """Exact nearest chunks (the README's `<=>` query): independent of HNSW build order and chunk ids."""
-    from docpipe.search import _vector_literal
+    from docpipe.search import vector_literal
 
-    vec = _vector_literal(client.embedder(client.settings.embed.model).embed_query(query))
+    vec = vector_literal(client.embedder(client.settings.embed.model).embed_query(query))
     with client.sessions.begin() as s:
         rows = s.execute(
             text(

@@ -151,11 +151,11 @@ def readme_sql_blocks() -> list[str]:
 
 
 def test_readme_sql_runs(client, ingested, corpus_dir: Path) -> None:
-    from docpipe.search import _vector_literal
+    from docpipe.search import vector_literal
 
     blocks = readme_sql_blocks()
     assert len(blocks) >= 2
-    query_vec = _vector_literal(client.embedder(client.settings.embed.model).embed_query(known_sentence(corpus_dir)))
+    query_vec = vector_literal(client.embedder(client.settings.embed.model).embed_query(known_sentence(corpus_dir)))
     raw = client.engine.raw_connection()
     try:
         cur = raw.cursor()

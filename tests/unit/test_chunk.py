@@ -267,9 +267,20 @@ def test_heading_over_heading_stays_with_its_text(tokenizer: tokenizers.Tokenize
         Block("Section A", 2, ("Part One", "Section A"), is_heading=True),
         Block("Text of section A.", 2, ("Part One", "Section A")),
     ]
-    chunks = chunk_blocks(blocks, tokenizer, max_tokens=128, overlap_tokens=16)
+    chunks = chunk_blocks(blocks, tokenizer, max_tokens=24, overlap_tokens=4)  # the whole text needs two
     assert [c.text for c in chunks] == [blocks[0].text, "Part One\n\nSection A\n\nText of section A."]
     assert [c.heading_path for c in chunks] == [("Doc",), ("Part One",)]
+
+
+def test_a_document_that_fits_stays_one_chunk_whatever_its_headings(tokenizer: tokenizers.Tokenizer) -> None:
+    blocks = [
+        Block("Intro", 1, ("Intro",), is_heading=True),
+        Block("A short introduction with enough words to count as body text.", 1, ("Intro",)),
+        Block("Methods", 1, ("Methods",), is_heading=True),
+        Block("Short methods, also with enough words to count as body text.", 1, ("Methods",)),
+    ]
+    chunks = chunk_blocks(blocks, tokenizer, max_tokens=128, overlap_tokens=16)
+    assert [c.text for c in chunks] == ["\n\n".join(b.text for b in blocks)]
 
 
 def test_page_spans_follow_the_text(tokenizer: tokenizers.Tokenizer) -> None:
