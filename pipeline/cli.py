@@ -7,8 +7,10 @@ import logging
 import os
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
@@ -16,6 +18,9 @@ from rich.table import Table
 
 from docpipe.config import Settings
 from docpipe.errors import ConfigError, DocpipeError
+
+if TYPE_CHECKING:
+    from docpipe.client import Client
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Documents in, pgvector search out.")
 console = Console(stderr=True)
@@ -269,6 +274,75 @@ def quickstart(
         _fail(err)
     finally:
         stack.stop()
+
+
+@contextmanager
+def _client_or_embedded(settings: Settings) -> Iterator[Client]:
+    """A client of the configured or running stack; else an embedded stack started for this command."""
+    from docpipe.client import Client
+    from docpipe.db import resolve_database_url
+    from docpipe.stack import Stack
+
+    try:
+        resolve_database_url(settings)
+    except ConfigError:
+        console.print("no running stack: starting the embedded one for this command")
+        with Stack(settings) as stack, Client(stack.database_url, stack.redis_url, settings=settings) as client:
+            yield client
+        return
+    with Client(settings=settings) as client:
+        yield client
+
+
+@app.command(name="eval")
+def evaluate(
+    beir_dir: Annotated[Path, typer.Argument(help="BEIR-layout folder: corpus.jsonl, queries.jsonl, qrels/.")],
+    collection: CollectionOpt = None,
+    modes: Annotated[str, typer.Option(help="Comma-separated search modes.")] = "hybrid,vector,text",
+    rerank: Annotated[bool, typer.Option("--rerank", help="Also measure hybrid search reranked.")] = False,
+    split: Annotated[str | None, typer.Option(help="qrels split (default: test, else the only one).")] = None,
+    max_queries: Annotated[int, typer.Option(help="Use the first N judged queries (0: all).")] = 0,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the figures as JSON.")] = False,
+    data_dir: DataDir = None,
+) -> None:
+    """Ingest a BEIR-layout dataset through the pipeline (or reuse it) and print nDCG@10, Recall@100, latency."""
+    from docpipe.evaluation import MARKDOWN, BeirSet, as_markdown, default_collection, evaluate
+
+    wanted = [m.strip() for m in modes.split(",") if m.strip()]
+    if bad := [m for m in wanted if m not in ("hybrid", "vector", "text")]:
+        _fail(ValueError(f"unknown mode(s): {', '.join(bad)}"))
+    try:
+        dataset = BeirSet.open(beir_dir, split)
+        qrels, queries = dataset.qrels(), dataset.queries()
+        if max_queries:
+            queries = dict(list(queries.items())[:max_queries])
+        name = collection or default_collection(beir_dir)
+        with _client_or_embedded(_settings(data_dir)) as client:
+            docs = ((doc_id, as_markdown(title, body), MARKDOWN) for doc_id, title, body in dataset.corpus())
+            job = client.ingest_bytes(docs, collection=name)
+            console.print(f"{name}: {len(job.document_ids)} documents ({job.created} new); {len(queries)} queries")
+            job.wait(progress=not as_json)
+            runs = [(m, m, False) for m in wanted] + ([("hybrid+rerank", "hybrid", True)] if rerank else [])
+            results = []
+            for label, mode, reranked in runs:
+
+                def run(query: str, mode: str = mode, reranked: bool = reranked) -> list[str]:
+                    hits = client.search(query, collection=name, k=100, mode=mode, group_by="document", rerank=reranked)
+                    return [hit.source for hit in hits]
+
+                results.append(evaluate(label, run, queries, qrels))
+    except (DocpipeError, ValueError, TimeoutError) as err:
+        _fail(err)
+    if as_json:
+        print(json.dumps({"dataset": str(beir_dir), "split": dataset.split, "collection": name,
+                          "results": [r.summary() for r in results]}, indent=2))  # fmt: skip
+        return
+    table = Table(title=f"{beir_dir.name} ({dataset.split}, {len(queries)} queries)")
+    for column in ("mode", "nDCG@10", "Recall@100", "p50 ms", "p95 ms"):
+        table.add_column(column, justify="left" if column == "mode" else "right")
+    for r in results:
+        table.add_row(r.mode, f"{r.ndcg_at_10:.4f}", f"{r.recall_at_100:.4f}", f"{r.p50_ms:.1f}", f"{r.p95_ms:.1f}")
+    Console().print(table)
 
 
 def _bundled_docs() -> list[Path]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import re
 import time
 from collections.abc import Iterable, Sequence
@@ -15,7 +16,7 @@ from docpipe import store
 from docpipe.config import Settings
 from docpipe.db import make_engine, make_sessionmaker, resolve_database_url
 from docpipe.errors import ConfigError
-from docpipe.loading import collect_files, read_document
+from docpipe.loading import FileEntry, collect_files, read_document
 from docpipe.search import GroupBy, Hit, SearchMode, candidate_depth, group_by_document, search_chunks
 from docpipe.task_queue import TaskQueue, load_task_queue
 
@@ -160,30 +161,61 @@ class Client:
             paths = [paths]
         started = time.perf_counter()
         entries, skipped = collect_files(paths, max_bytes=self.settings.parse.max_bytes)
+        docs = (self._new_document(entry, metadata) for entry in entries)
+        job = self._store_all(collection, docs, skipped=skipped)
+        job.enqueue_s = time.perf_counter() - started
+        return job
+
+    def ingest_bytes(
+        self,
+        documents: Iterable[tuple[str, bytes, str]],
+        *,
+        collection: str | None = None,
+        metadata: dict[str, Any] | None = None,
+    ) -> Job:
+        """Store in-memory documents given as (key, content, media type); the key is their `source`."""
+        collection = check_collection_name(self.settings.default_collection if collection is None else collection)
+        if metadata is not None and not isinstance(metadata, dict):
+            raise ValueError("metadata must be a dict")
+        started = time.perf_counter()
+        limit = self.settings.parse.max_bytes
+        docs = (
+            store.NewDocument(
+                key, hashlib.sha256(content).digest(), media_type, content, len(content), dict(metadata or {}),
+                None if 0 < len(content) <= limit else f"document is empty or over {limit} bytes",
+            )
+            for key, content, media_type in documents
+        )  # fmt: skip
+        job = self._store_all(collection, docs)
+        job.enqueue_s = time.perf_counter() - started
+        return job
+
+    def _new_document(self, entry: FileEntry, metadata: dict[str, Any] | None) -> store.NewDocument:
+        content, digest = read_document(entry)
+        return store.NewDocument(
+            str(entry.path.resolve()),
+            digest,
+            entry.media_type,
+            content,
+            entry.size,
+            dict(metadata or {}),
+            entry.problem,
+        )
+
+    def _store_all(self, collection: str, docs: Iterable[store.NewDocument], *, skipped: int = 0) -> Job:
+        """Store documents in transactions of up to INGEST_TX_BYTES (or 1,000 documents), enqueueing after each."""
         coll = self._ensure_collection(collection)
         job = Job(self, collection, [], skipped=skipped)
         batch: list[store.NewDocument] = []
         batch_bytes = 0
-        for entry in entries:
-            content, digest = read_document(entry)
-            batch.append(
-                store.NewDocument(
-                    str(entry.path.resolve()),
-                    digest,
-                    entry.media_type,
-                    content,
-                    entry.size,
-                    dict(metadata or {}),
-                    entry.problem,
-                )
-            )
-            batch_bytes += len(content)
+        for doc in docs:
+            batch.append(doc)
+            batch_bytes += len(doc.content)
             if batch_bytes >= INGEST_TX_BYTES or len(batch) >= 1000:
                 self._store_and_enqueue(coll.id, batch, job)
                 batch, batch_bytes = [], 0
         if batch:
             self._store_and_enqueue(coll.id, batch, job)
-        job.enqueue_s = time.perf_counter() - started
         return job
 
     def _ensure_collection(self, name: str) -> store.CollectionInfo:

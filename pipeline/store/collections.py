@@ -122,7 +122,10 @@ def ensure_collection(
     if (found := get_collection(session, name)) is not None:
         return found
     analysis = analysis or SearchConfig()
-    known = session.execute(text("SELECT EXISTS (SELECT 1 FROM pg_ts_config WHERE cfgname = split_part(:t, '.', -1))"), {"t": analysis.text_config}).scalar_one()
+    known = session.execute(
+        text("SELECT EXISTS (SELECT 1 FROM pg_ts_config WHERE cfgname = split_part(:t, '.', -1))"),
+        {"t": analysis.text_config},
+    ).scalar_one()
     if not known:
         raise ConfigError(f"unknown text search configuration {analysis.text_config!r} (see \\dF in psql)")
     model_id = ensure_model(session, model, dim)
