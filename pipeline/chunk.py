@@ -21,7 +21,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from docpipe.chunk_context import header_budget, with_headers
+from docpipe.chunk_context import header_budget, plain_tokenizer, with_headers
 from docpipe.types import Block, Chunk
 
 if TYPE_CHECKING:
@@ -72,7 +72,7 @@ def chunk_tokenizer(model: str, cache_dir: Path, max_tokens: int) -> ChunkTokeni
     st_config = read_st_config(resolve_model_dir(model, cache_dir=cache_dir))
     tok, _pad_id = load_fast_tokenizer(st_config)
     special = len(tok.encode("", add_special_tokens=True).ids)
-    return ChunkTokenizer(tok, max(8, min(max_tokens, st_config.max_tokens - special)))
+    return ChunkTokenizer(plain_tokenizer(tok), max(8, min(max_tokens, st_config.max_tokens - special)))
 
 
 def chunk_document(
@@ -83,7 +83,7 @@ def chunk_document(
     The header (title and heading path) takes its room from the chunk's budget,
     so the model never truncates the text it embeds.
     """
-    plain = _without_truncation(tok.tokenizer)
+    plain = plain_tokenizer(tok.tokenizer)
     budget = header_budget(title, [b.heading_path for b in blocks], plain, tok.max_tokens)
     room = tok.max_tokens - budget
     chunks = chunk_blocks(blocks, plain, max_tokens=room, overlap_tokens=min(overlap_tokens, room // 2))
@@ -106,22 +106,12 @@ def chunk_blocks(
         raise ValueError(f"max_tokens must be at least 1, got {max_tokens}")
     if not 0 <= overlap_tokens < max_tokens:
         raise ValueError(f"overlap_tokens must be in [0, max_tokens={max_tokens}), got {overlap_tokens}")
-    plain = _without_truncation(tokenizer)
+    plain = plain_tokenizer(tokenizer)
     stream = _TokenStream.build(blocks, plain)
     if stream.size == 0:
         return []
     pieces = _Planner(stream, plain, max_tokens, overlap_tokens).plan()
     return [stream.chunk(ordinal, piece) for ordinal, piece in enumerate(pieces)]
-
-
-def _without_truncation(tokenizer: tokenizers.Tokenizer) -> tokenizers.Tokenizer:
-    """The tokenizer itself, or a copy without its truncation and padding (which would falsify counts)."""
-    if tokenizer.truncation is None and tokenizer.padding is None:
-        return tokenizer
-    plain = type(tokenizer).from_str(tokenizer.to_str())
-    plain.no_truncation()
-    plain.no_padding()
-    return plain
 
 
 def _count_tokens(tokenizer: tokenizers.Tokenizer, texts: list[str]) -> list[int]:

@@ -20,6 +20,16 @@ MAX_SHARE = 4  # a header takes at most 1/MAX_SHARE of a chunk's token budget
 JOIN_TOKENS = 2  # slack for the blank line that joins header and text in the embedded string
 
 
+def plain_tokenizer(tokenizer: tokenizers.Tokenizer) -> tokenizers.Tokenizer:
+    """The tokenizer itself, or a copy without its truncation and padding (which would falsify counts)."""
+    if tokenizer.truncation is None and tokenizer.padding is None:
+        return tokenizer
+    plain = type(tokenizer).from_str(tokenizer.to_str())
+    plain.no_truncation()
+    plain.no_padding()
+    return plain
+
+
 def _key(text: str) -> str:
     return " ".join(text.split()).casefold()
 
@@ -38,6 +48,7 @@ def header_budget(
     title: str | None, heading_paths: Sequence[Sequence[str]], tokenizer: tokenizers.Tokenizer, max_tokens: int
 ) -> int:
     """Tokens to reserve in every chunk for its header: the longest header's, capped at max_tokens/MAX_SHARE."""
+    tokenizer = plain_tokenizer(tokenizer)
     headers = {SEPARATOR.join(header_path(title, path)) for path in heading_paths} - {""}
     if not headers:
         return 0
@@ -54,6 +65,7 @@ def with_headers(
     """
     if budget <= JOIN_TOKENS:
         return list(chunks)
+    tokenizer = plain_tokenizer(tokenizer)
     contexts = []
     for chunk in chunks:
         path = header_path(title, chunk.heading_path)

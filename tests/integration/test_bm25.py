@@ -1,0 +1,136 @@
+"""BM25 inside Postgres: scores against a hand computation, statistics kept exact across adds and deletes."""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+import math
+
+import pytest
+from sqlalchemy import text
+
+from docpipe import store
+from docpipe.config import SearchConfig
+from docpipe.types import Chunk
+
+K1, B = 1.2, 0.75
+_names = itertools.count()
+
+# Three one-chunk documents under the 'simple' configuration: lower-cased words, no stemming, no stop words.
+DOCS = {
+    "a": "apple banana apple",  # dl 3
+    "b": "banana cherry",  # dl 2
+    "c": "cherry cherry cherry date elder",  # dl 5
+}
+
+
+def add_document(sessions, collection, key: str, body: str, *, context: str = "") -> int:
+    content = body.encode()
+    doc = store.NewDocument(key, hashlib.sha256(content).digest(), "text/plain", content, len(content), {"k": key})
+    with sessions.begin() as s:
+        [(doc_id, _)] = store.insert_documents(s, collection.id, [doc])
+    with sessions.begin() as s:
+        claim = store.claim_for_parse(s, doc_id, lease_s=60)
+        store.save_chunks(s, claim, [Chunk(0, body, 3, 1, 1, (), context)], page_count=1)
+    return doc_id
+
+
+@pytest.fixture
+def collection(sessions):
+    analysis = SearchConfig(text_config="simple", bm25_k1=K1, bm25_b=B)
+    with sessions.begin() as s:
+        coll = store.ensure_collection(s, f"bm25-{next(_names)}", model="test/model-8d", dim=8, analysis=analysis)
+    for key, body in DOCS.items():
+        add_document(sessions, coll, key, body)
+    return coll
+
+
+def bm25(query: list[str], docs: dict[str, str]) -> dict[str, float]:
+    """The textbook formula with Lucene's idf, computed by hand in Python."""
+    tokens = {key: body.split() for key, body in docs.items()}
+    n = len(tokens)
+    avgdl = sum(map(len, tokens.values())) / n
+    out = {}
+    for key, words in tokens.items():
+        score = 0.0
+        for term in query:
+            df = sum(term in other for other in tokens.values())
+            tf = words.count(term)
+            if tf:
+                idf = math.log(1 + (n - df + 0.5) / (df + 0.5))
+                score += idf * tf * (K1 + 1) / (tf + K1 * (1 - B + B * len(words) / avgdl))
+        if score:
+            out[key] = score
+    return out
+
+
+def text_search(sessions, query: str, collection, k: int = 10, where: dict | None = None) -> dict[str, float]:
+    with sessions.begin() as s:
+        rows = s.execute(
+            text(
+                "SELECT d.source, t.rank FROM docpipe_text_search(:q, :c, :k, CAST(:f AS jsonb)) t "
+                "JOIN chunks ch ON ch.id = t.chunk_id JOIN documents d ON d.id = ch.document_id"
+            ),
+            {"q": query, "c": collection.name, "k": k, "f": None if where is None else json.dumps(where)},
+        ).all()
+    return {r.source: r.rank for r in rows}
+
+
+@pytest.mark.parametrize("query", ["apple", "banana cherry", "cherry date", "banana banana", "kiwi"])
+def test_scores_equal_the_hand_computed_formula(sessions, collection, query: str) -> None:
+    got = text_search(sessions, query, collection)
+    want = bm25(query.split(), DOCS)
+    assert got.keys() == want.keys()
+    for key in want:
+        assert got[key] == pytest.approx(want[key], rel=1e-6)
+
+
+def test_ranking_follows_scores_and_k_limits_it(sessions, collection) -> None:
+    got = text_search(sessions, "cherry banana", collection, k=2)
+    want = sorted(bm25(["cherry", "banana"], DOCS).items(), key=lambda kv: -kv[1])[:2]
+    assert list(got) == [key for key, _ in want]
+
+
+def test_statistics_follow_adds_and_deletes(sessions, collection) -> None:
+    more = dict(DOCS, d="fig fig apple")
+    add_document(sessions, collection, "d", more["d"])
+    got = text_search(sessions, "apple fig", collection)
+    want = bm25(["apple", "fig"], more)
+    assert got == pytest.approx(want, rel=1e-6)
+
+    with sessions.begin() as s:
+        s.execute(text("DELETE FROM documents WHERE collection_id = :c AND source IN ('a', 'd')"), {"c": collection.id})
+    left = {k: v for k, v in DOCS.items() if k in ("b", "c")}
+    assert text_search(sessions, "cherry", collection) == pytest.approx(bm25(["cherry"], left), rel=1e-6)
+    with sessions.begin() as s:
+        stats = s.execute(text("SELECT chunks, terms FROM bm25_stats WHERE collection_id = :c"), {"c": collection.id})
+        assert tuple(stats.one()) == (2, 7)
+        orphans = s.execute(
+            text("SELECT count(*) FROM chunk_terms t WHERE NOT EXISTS (SELECT 1 FROM chunks c WHERE c.id = t.chunk_id)")
+        ).scalar_one()
+    assert orphans == 0
+
+
+def test_context_header_is_indexed_and_metadata_filters(sessions, collection) -> None:
+    add_document(sessions, collection, "e", "plain words here", context="Orchard Report")
+    assert "e" in text_search(sessions, "orchard", collection)
+    assert list(text_search(sessions, "cherry", collection, where={"k": "b"})) == ["b"]
+
+
+def test_english_analysis_stems_and_drops_stop_words(sessions) -> None:
+    with sessions.begin() as s:
+        coll = store.ensure_collection(s, f"bm25-en-{next(_names)}", model="test/model-8d", dim=8)
+    add_document(sessions, coll, "x", "The runners were running through the gardens")
+    add_document(sessions, coll, "y", "A quiet library with books")
+    assert list(text_search(sessions, "garden run", coll)) == ["x"]
+    assert text_search(sessions, "the were a with", coll) == {}  # stop words only: nothing to rank
+
+
+def test_an_unknown_text_configuration_is_refused(sessions) -> None:
+    from docpipe.errors import ConfigError
+
+    with sessions.begin() as s, pytest.raises(ConfigError, match="text search configuration"):
+        store.ensure_collection(
+            s, "bm25-bad", model="test/model-8d", dim=8, analysis=SearchConfig(text_config="klingon")
+        )

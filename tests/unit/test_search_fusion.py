@@ -1,0 +1,79 @@
+"""Fusion, grouping and candidate depth: pure functions of the query side."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from docpipe.config import SearchConfig
+from docpipe.search import (
+    Candidates,
+    Hit,
+    candidate_depth,
+    convex_fusion,
+    fuse,
+    group_by_document,
+    min_max,
+    ranked,
+    reciprocal_rank_fusion,
+)
+
+
+def hit(chunk_id: int, document_id: int, score: float) -> Hit:
+    return Hit(chunk_id, document_id, "t", f"doc{document_id}", 1, 1, score)
+
+
+def test_min_max_scales_to_unit_range() -> None:
+    assert min_max({1: 2.0, 2: 4.0, 3: 3.0}) == {1: 0.0, 2: 1.0, 3: 0.5}
+    assert min_max({1: 5.0}) == {1: 1.0}
+    assert min_max({}) == {}
+
+
+def test_convex_fusion_weighs_normalised_scores() -> None:
+    dense = {1: 0.9, 2: 0.5, 3: 0.1}  # normalised: 1, 0.5, 0
+    keyword = {2: 12.0, 4: 2.0}  # normalised: 1, 0
+    fused = convex_fusion(dense, keyword, dense_weight=0.6)
+    assert fused == pytest.approx({1: 0.6, 2: 0.6 * 0.5 + 0.4, 3: 0.0, 4: 0.0})
+    assert [cid for cid, _ in ranked(fused)] == [2, 1, 3, 4]  # ties broken by id
+
+
+def test_weighted_rrf() -> None:
+    fused = reciprocal_rank_fusion([[1, 2], [2, 3]], k=60, weights=[0.75, 0.25])
+    assert fused == pytest.approx({1: 0.75 / 61, 2: 0.75 / 62 + 0.25 / 61, 3: 0.25 / 62})
+
+
+def test_fuse_by_mode() -> None:
+    candidates = Candidates(dense={1: 0.8, 2: 0.7}, keyword={3: 9.0})
+    assert fuse(candidates, "vector", SearchConfig()) == {1: 0.8, 2: 0.7}
+    assert fuse(candidates, "text", SearchConfig()) == {3: 9.0}
+    assert set(fuse(candidates, "hybrid", SearchConfig())) == {1, 2, 3}
+    assert set(fuse(candidates, "hybrid", SearchConfig(fusion="rrf"))) == {1, 2, 3}
+
+
+@given(
+    st.dictionaries(st.integers(0, 50), st.floats(-1, 1), max_size=30),
+    st.dictionaries(st.integers(0, 50), st.floats(0, 50), max_size=30),
+    st.floats(0, 1),
+)
+def test_a_chunk_first_on_both_sides_is_first_after_fusion(dense, keyword, weight) -> None:
+    fused = convex_fusion(dense, keyword, dense_weight=weight)
+    assert set(fused) == set(dense) | set(keyword)
+    assert all(-1e-9 <= s <= 1 + 1e-9 for s in fused.values())
+    if dense and keyword:
+        top_dense, top_kw = ranked(dense)[0][0], ranked(keyword)[0][0]
+        if top_dense == top_kw:
+            assert fused[top_dense] == pytest.approx(max(fused.values()))
+
+
+def test_group_by_document_keeps_each_documents_best_chunk_in_order() -> None:
+    hits = [hit(10, 1, 0.9), hit(20, 2, 0.8), hit(11, 1, 0.7), hit(30, 3, 0.6), hit(21, 2, 0.5)]
+    assert [(h.chunk_id, h.document_id) for h in group_by_document(hits)] == [(10, 1), (20, 2), (30, 3)]
+
+
+def test_candidate_depth_covers_k_grouping_and_rerank() -> None:
+    config = SearchConfig(candidates=100)
+    assert candidate_depth(10, config) == 100
+    assert candidate_depth(500, config) == 500
+    assert candidate_depth(100, config, group_by="document") == 300
+    assert candidate_depth(10, config, rerank_candidates=150) == 150
