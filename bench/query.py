@@ -15,16 +15,17 @@ from docpipe.bench.harness import RunningStack
 from docpipe.bench.pg import copy_rows, psycopg_connect, random_unit_vectors
 
 COLLECTION = "bench-synthetic"
-WORDS_PER_CHUNK = 24  # synthetic text length, words
+WORDS_PER_CHUNK = 150  # synthetic text length, words (real 256-token chunks hold ~150-200)
 CHUNKS_PER_DOCUMENT = 20  # synthetic chunks per synthetic document (the planner's row estimates depend on it)
 VOCABULARY = 4000  # most frequent words of the real chunks
 WARMUP_QUERIES = 3
 K = 10  # hits per search
 
 
-def vocabulary(texts: Sequence[str], size: int = VOCABULARY) -> list[str]:
+def vocabulary(texts: Sequence[str], size: int = VOCABULARY) -> dict[str, int]:
+    """The `size` most frequent words of the real chunks and their counts (synthetic text follows Zipf's law)."""
     counts = Counter(w for t in texts for w in re.findall(r"[a-z]{3,14}", t.lower()))
-    return [w for w, _ in counts.most_common(size)] or ["document", "page", "text"]
+    return dict(counts.most_common(size)) or {"document": 1, "page": 1, "text": 1}
 
 
 def query_texts(texts: Sequence[str], n: int, *, seed: int = 2) -> list[str]:
@@ -37,8 +38,8 @@ def query_texts(texts: Sequence[str], n: int, *, seed: int = 2) -> list[str]:
     return out
 
 
-def fill_synthetic(run: RunningStack, n: int, words: Sequence[str], *, seed: int = 3) -> dict[str, float]:
-    """N chunks of random words with random unit vectors, CHUNKS_PER_DOCUMENT per document, by binary COPY.
+def fill_synthetic(run: RunningStack, n: int, words: dict[str, int], *, seed: int = 3) -> dict[str, float]:
+    """N chunks of words drawn by their real frequency, random unit vectors, CHUNKS_PER_DOCUMENT per document.
 
     The model's partial HNSW index is dropped for the load and built again after (see `hnsw_load`).
     """
@@ -49,8 +50,9 @@ def fill_synthetic(run: RunningStack, n: int, words: Sequence[str], *, seed: int
     with run.client.sessions.begin() as session:
         coll = store.ensure_collection(session, COLLECTION, model=model, dim=dim)
     rng = np.random.default_rng(seed)
-    vocab = np.asarray(words)
-    picks = rng.integers(0, len(vocab), size=(n, WORDS_PER_CHUNK))
+    vocab = np.asarray(list(words))
+    weights = np.asarray(list(words.values()), dtype=np.float64)
+    picks = rng.choice(len(vocab), size=(n, WORDS_PER_CHUNK), p=weights / weights.sum())
     vectors = random_unit_vectors(n, dim, seed=seed)
     n_docs = -(-n // CHUNKS_PER_DOCUMENT)
     timings: dict[str, float] = {}
@@ -153,7 +155,7 @@ def explain_search(database_url: str, query: str, query_vec: np.ndarray, collect
                 "plan": "\n".join(line for line in plan.splitlines() if not line.startswith("Query Parameters")),
             }
     out["ann"]["uses_index"] = "embeddings_hnsw" in out["ann"]["plan"]
-    out["text"]["uses_index"] = "chunks_tsv" in out["text"]["plan"]
+    out["text"]["uses_index"] = "chunk_terms_pkey" in out["text"]["plan"]
     return out
 
 
@@ -182,7 +184,7 @@ def measure_query(run: RunningStack, real_texts: Sequence[str], *, n: int, queri
         "synthetic chunks",
         n,
         "",
-        f"random unit vectors, random words from the corpus, {CHUNKS_PER_DOCUMENT} per document",
+        f"random unit vectors, {WORDS_PER_CHUNK} words drawn by corpus frequency, {CHUNKS_PER_DOCUMENT} per document",
     )
     section.add("fill: COPY chunks + embeddings", round(fill["copy_s"], 2), "s")
     section.add("fill: CREATE INDEX (HNSW)", round(fill["index_s"], 2), "s", "includes the real chunks' vectors")
@@ -208,7 +210,11 @@ def measure_query(run: RunningStack, real_texts: Sequence[str], *, n: int, queri
         "embed_query": embedder.embed_query,
         "embed + SQL ANN (no client)": sql_vector,
         "search vector": lambda q: client.search(q, collection=COLLECTION, k=K, mode="vector"),
+        "search text (BM25)": lambda q: client.search(q, collection=COLLECTION, k=K, mode="text"),
         "search hybrid": lambda q: client.search(q, collection=COLLECTION, k=K, mode="hybrid"),
+        "search hybrid, group_by document": lambda q: client.search(
+            q, collection=COLLECTION, k=K, mode="hybrid", group_by="document"
+        ),
         "search hybrid + rerank": lambda q: client.search(q, collection=COLLECTION, k=K, rerank=True),
     }
     try:
@@ -228,7 +234,7 @@ def measure_query(run: RunningStack, real_texts: Sequence[str], *, n: int, queri
         section.add(f"{name} p50 / p95", f"{p50:.1f} / {p95:.1f}", "ms", note)
         if name != "embed_query":
             section.add(f"{name} p50 ÷ embed_query p50", round(ratio(p50, base) or 0, 2), "x")
-    for name, what, index in (("ann", "docpipe_search()", "HNSW"), ("text", "docpipe_text_search()", "GIN")):
+    for name, what, index in (("ann", "docpipe_search()", "HNSW"), ("text", "docpipe_text_search()", "BM25 postings")):
         if name in explained:
             used = explained[name]["uses_index"]
             section.add(

@@ -41,6 +41,28 @@ DROP INDEX IF EXISTS chunks_tsv;
 ALTER TABLE chunks DROP COLUMN IF EXISTS tsv;
 ALTER TABLE chunks ADD COLUMN context text NOT NULL DEFAULT '';
 
+-- Users' view gains the header (appended: CREATE OR REPLACE VIEW keeps existing columns in place).
+CREATE OR REPLACE VIEW docpipe_chunks AS
+SELECT ch.id            AS chunk_id,
+       c.name           AS collection,
+       d.id             AS document_id,
+       d.source,
+       d.metadata,
+       ch.ordinal,
+       ch.page_start,
+       ch.page_end,
+       ch.heading_path,
+       ch.text,
+       m.name           AS model,
+       e.embedding,
+       ch.context,
+       d.title
+FROM chunks ch
+JOIN documents d        ON d.id = ch.document_id
+JOIN collections c      ON c.id = d.collection_id
+JOIN embedding_models m ON m.id = c.model_id
+JOIN embeddings e       ON e.chunk_id = ch.id AND e.model_id = c.model_id;
+
 CREATE TABLE chunk_terms (
     collection_id  integer NOT NULL,
     lexeme         text NOT NULL,
@@ -175,6 +197,7 @@ $fn$;
 
 DOWNGRADE = r"""
 DROP FUNCTION IF EXISTS docpipe_text_search(text, text, integer, jsonb);
+DROP VIEW IF EXISTS docpipe_chunks;
 DROP TRIGGER IF EXISTS chunks_index_terms ON chunks;
 DROP TRIGGER IF EXISTS chunks_unindex_terms ON chunks;
 DROP FUNCTION IF EXISTS docpipe_index_chunk_terms();
@@ -197,3 +220,6 @@ def downgrade() -> None:
     from importlib import import_module
 
     op.execute(import_module("docpipe.migrations.versions.0003_text_search_all_words_first").FUNCTION)
+    initial = import_module("docpipe.migrations.versions.0001_initial").SCHEMA
+    view = initial[initial.index("CREATE VIEW docpipe_chunks") : initial.index("-- Approximate nearest")]
+    op.execute(view)
