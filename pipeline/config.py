@@ -26,6 +26,12 @@ def default_data_dir() -> Path:
     return Path(base) / "docpipe"
 
 
+def default_cache_dir() -> Path:
+    """The machine-wide cache: ``$XDG_CACHE_HOME/docpipe``, else ``~/.cache/docpipe``."""
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "docpipe"
+
+
 class ParseLimits(BaseModel):
     """Limits on one document's parse, enforced in a sandboxed child process."""
 
@@ -107,7 +113,7 @@ class Settings(BaseSettings):
     )
     redis_url: str | None = Field(default=None, validation_alias=AliasChoices("REDIS_URL", "DOCPIPE_REDIS_URL"))
     data_dir: Path = Field(default_factory=default_data_dir)
-    model_cache: Path | None = None  # exported/quantised models and backend choices; default <data_dir>/models
+    model_cache: Path | None = None  # models, ONNX exports, backend choices; default: default_cache_dir(), machine-wide
     default_collection: str = "default"
 
     parse: ParseLimits = ParseLimits()
@@ -128,7 +134,8 @@ class Settings(BaseSettings):
 
     @property
     def model_cache_dir(self) -> Path:
-        return self.model_cache or self.data_dir / "models"
+        """Shared by every stack on the machine, so an export or a backend measurement happens once."""
+        return self.model_cache or default_cache_dir()
 
 
 def settings_env(settings: Settings) -> dict[str, str]:

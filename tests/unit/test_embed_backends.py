@@ -129,6 +129,7 @@ def test_auto_measures_once_then_reads_its_decision(cache_dir, monkeypatch):
     decision = json.loads(decision_file.read_text())
     assert decision["backend"] == embedder.backend
     assert decision["measured"]["torch-fp32"]["passed"]
+    assert len(decision["measured"]["torch-fp32"]["rounds_texts_per_s"]) == 1
 
     def no_measuring(*args, **kwargs):
         raise AssertionError("measured again despite a cached decision")
@@ -149,6 +150,60 @@ def test_pick_backend_prefers_fidelity_within_the_noise(speeds: dict[str, float]
     cosine = {"torch-fp32": 1.0, "torch-bf16": 0.99995, "onnx-int8": 0.997}
     report = {n: {"texts_per_s": v, "mean_cosine": cosine[n], "passed": True} for n, v in speeds.items()}
     assert autoselect.pick_backend(report) == expected
+
+
+def _measured(rounds: dict[str, list[float]]) -> dict[str, dict]:
+    cosine = {"torch-fp32": 1.0, "torch-bf16": 0.99995, "onnx": 1.0, "onnx-int8": 0.997}
+    return {
+        name: {
+            "texts_per_s": sorted(r)[len(r) // 2],
+            "rounds_texts_per_s": r,
+            "mean_cosine": cosine[name],
+            "passed": True,
+        }
+        for name, r in rounds.items()
+    }
+
+
+@pytest.mark.parametrize(
+    ("rounds", "incumbent", "expected"),
+    [
+        # int8 wins on the median, but not in every round: the incumbent stays
+        ({"torch-fp32": [20, 20, 20], "onnx-int8": [40, 21, 40]}, "torch-fp32", "torch-fp32"),
+        # clearly faster in every round: the choice changes
+        ({"torch-fp32": [20, 20, 20], "onnx-int8": [40, 30, 40]}, "torch-fp32", "onnx-int8"),
+        # no incumbent: the fastest (beyond the fidelity tolerance) wins on its median
+        ({"torch-fp32": [20, 20, 20], "onnx-int8": [40, 21, 40]}, None, "onnx-int8"),
+        # an incumbent the CPU can no longer run (not measured) does not count
+        ({"torch-fp32": [20, 20, 20], "onnx-int8": [40, 21, 40]}, "torch-bf16", "onnx-int8"),
+    ],
+)
+def test_a_choice_changes_only_on_clear_evidence(rounds, incumbent, expected) -> None:
+    assert autoselect.pick_backend(_measured(rounds), incumbent=incumbent) == expected
+
+
+def test_measurement_texts_are_chunk_length(make) -> None:
+    counts = make("torch-fp32").count_tokens(autoselect.sample_texts())
+    assert len(counts) == autoselect.SAMPLE_TEXTS
+    assert 170 <= sum(counts) / len(counts) <= 240  # real chunks average about 210 tokens
+
+
+def test_previous_decision_of_the_model_is_the_incumbent(tmp_path: Path) -> None:
+    folder = tmp_path / autoselect.DECISION_DIR
+    folder.mkdir()
+    (folder / "my-model-aaaa.json").write_text(json.dumps({"backend": "onnx-int8"}))
+    (folder / "other-model-cccc.json").write_text(json.dumps({"backend": "torch-bf16"}))
+    assert autoselect.previous_choice(folder / "my-model-bbbb.json") == "onnx-int8"
+    assert autoselect.previous_choice(folder / "new-model-bbbb.json") is None
+
+
+def test_machine_wide_cache_by_default(tmp_path: Path, monkeypatch) -> None:
+    from docpipe.config import Settings
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert Settings(data_dir=tmp_path / "a").model_cache_dir == tmp_path / "xdg" / "docpipe"
+    assert Settings(data_dir=tmp_path / "b").model_cache_dir == tmp_path / "xdg" / "docpipe"  # not per data dir
+    assert Settings(model_cache=tmp_path / "mine").model_cache_dir == tmp_path / "mine"
 
 
 def test_pick_backend_never_picks_one_that_failed_the_quality_check() -> None:
