@@ -79,28 +79,25 @@ CREATE TABLE bm25_stats (
     terms          bigint NOT NULL DEFAULT 0    -- Σ dl, so avgdl = terms / chunks
 );
 
+-- N counts the chunks with at least one indexed term (a chunk of stop words alone has no postings).
 CREATE FUNCTION docpipe_index_chunk_terms() RETURNS trigger
 LANGUAGE plpgsql AS $fn$
 BEGIN
     WITH analysed AS (
-        SELECT n.id AS chunk_id, d.collection_id, t.lexeme, cardinality(t.positions) AS tf
+        SELECT n.id AS chunk_id, d.collection_id, t.lexeme, cardinality(t.positions) AS tf,
+               sum(cardinality(t.positions)) OVER (PARTITION BY n.id) AS dl
         FROM new_chunks n
         JOIN documents d   ON d.id = n.document_id
         JOIN collections c ON c.id = d.collection_id,
              unnest(to_tsvector(c.text_config, n.context || E'\n\n' || n.text)) t
-    ), lengths AS (
-        SELECT chunk_id, sum(tf)::integer AS dl FROM analysed GROUP BY chunk_id
     ), postings AS (
+        -- in key order: the primary key's pages are filled in sequence
         INSERT INTO chunk_terms (collection_id, lexeme, chunk_id, tf, dl)
-        SELECT a.collection_id, a.lexeme, a.chunk_id, a.tf, l.dl
-        FROM analysed a JOIN lengths l USING (chunk_id)
-        ON CONFLICT DO NOTHING
+        SELECT collection_id, lexeme, chunk_id, tf, dl FROM analysed ORDER BY collection_id, lexeme, chunk_id
+        RETURNING collection_id, chunk_id, tf
     )
     INSERT INTO bm25_stats AS s (collection_id, chunks, terms)
-    SELECT d.collection_id, count(*), coalesce(sum(l.dl), 0)
-    FROM new_chunks n JOIN documents d ON d.id = n.document_id
-    LEFT JOIN lengths l ON l.chunk_id = n.id
-    GROUP BY d.collection_id
+    SELECT collection_id, count(DISTINCT chunk_id), sum(tf) FROM postings GROUP BY collection_id
     ON CONFLICT (collection_id) DO UPDATE
         SET chunks = s.chunks + EXCLUDED.chunks, terms = s.terms + EXCLUDED.terms;
     RETURN NULL;
@@ -113,16 +110,9 @@ BEGIN
     WITH gone AS (
         DELETE FROM chunk_terms t USING old_chunks o WHERE t.chunk_id = o.id
         RETURNING t.collection_id, t.chunk_id, t.tf
-    ), per_chunk AS (
-        SELECT o.id, coalesce(g.collection_id, d.collection_id) AS collection_id, coalesce(sum(g.tf), 0) AS dl
-        FROM old_chunks o
-        LEFT JOIN gone g ON g.chunk_id = o.id
-        LEFT JOIN documents d ON d.id = o.document_id
-        GROUP BY o.id, g.collection_id, d.collection_id
     )
     UPDATE bm25_stats s SET chunks = s.chunks - x.n, terms = s.terms - x.dl
-    FROM (SELECT collection_id, count(*) AS n, sum(dl) AS dl FROM per_chunk
-          WHERE collection_id IS NOT NULL GROUP BY collection_id) x
+    FROM (SELECT collection_id, count(DISTINCT chunk_id) AS n, sum(tf) AS dl FROM gone GROUP BY collection_id) x
     WHERE s.collection_id = x.collection_id;
     RETURN NULL;
 END
@@ -143,7 +133,7 @@ FROM (
 ) a;
 INSERT INTO bm25_stats (collection_id, chunks, terms)
 SELECT c.id,
-       (SELECT count(*) FROM chunks ch JOIN documents d ON d.id = ch.document_id WHERE d.collection_id = c.id),
+       (SELECT count(DISTINCT chunk_id) FROM chunk_terms t WHERE t.collection_id = c.id),
        coalesce((SELECT sum(tf) FROM chunk_terms t WHERE t.collection_id = c.id), 0)
 FROM collections c;
 
