@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from docpipe.chunk_context import embedded_text
 from docpipe.config import Settings
 from docpipe.types import Chunk
 
@@ -37,13 +38,11 @@ class ParsedFile:
 
 def parse_corpus(docs: Path, settings: Settings) -> list[ParsedFile]:
     """Parse and chunk every supported file under `docs` like a parse worker does (sandboxed child)."""
-    from docpipe.chunk import chunk_blocks
+    from docpipe.chunk import chunk_document, chunk_tokenizer
     from docpipe.loading import collect_files
     from docpipe.parse import SandboxedParser
-    from docpipe.processing import chunk_tokenizer
 
     tok = chunk_tokenizer(settings.embed.model, settings.model_cache_dir, settings.chunk.max_tokens)
-    overlap = min(settings.chunk.overlap_tokens, tok.max_tokens // 2)
     entries, _skipped = collect_files([docs], max_bytes=settings.parse.max_bytes)
     out: list[ParsedFile] = []
     with SandboxedParser(settings.parse) as parser:
@@ -55,8 +54,8 @@ def parse_corpus(docs: Path, settings: Settings) -> list[ParsedFile]:
             try:
                 parsed = parser.parse(entry.path.read_bytes(), entry.media_type)
                 item.pages = parsed.page_count
-                item.chunks = chunk_blocks(
-                    parsed.blocks, tok.tokenizer, max_tokens=tok.max_tokens, overlap_tokens=overlap
+                item.chunks = chunk_document(
+                    parsed.blocks, tok, overlap_tokens=settings.chunk.overlap_tokens, title=parsed.title
                 )
             except Exception as exc:  # any parser failure: the pipeline fails this document too
                 item.error = f"{type(exc).__name__}: {exc}"
@@ -65,7 +64,7 @@ def parse_corpus(docs: Path, settings: Settings) -> list[ParsedFile]:
 
 def sample_texts(files: list[ParsedFile], n: int) -> list[str]:
     """`n` chunk texts spread evenly over the whole corpus (every document contributes in proportion)."""
-    texts = [c.text for f in files for c in f.chunks]
+    texts = [embedded_text(c.context, c.text) for f in files for c in f.chunks]  # what the model sees
     if len(texts) <= n:
         return texts
     step = len(texts) / n

@@ -20,6 +20,11 @@ MAX_SHARE = 4  # a header takes at most 1/MAX_SHARE of a chunk's token budget
 JOIN_TOKENS = 2  # slack for the blank line that joins header and text in the embedded string
 
 
+def embedded_text(context: str, text: str) -> str:
+    """What the model embeds (and the reranker scores) for a chunk: its header, a blank line, its text."""
+    return f"{context}\n\n{text}" if context else text
+
+
 def plain_tokenizer(tokenizer: tokenizers.Tokenizer) -> tokenizers.Tokenizer:
     """The tokenizer itself, or a copy without its truncation and padding (which would falsify counts)."""
     if tokenizer.truncation is None and tokenizer.padding is None:
@@ -72,7 +77,7 @@ def with_headers(
         if path and _key(chunk.text).startswith(_key(path[-1])):
             path = path[:-1]
         contexts.append(_truncate(SEPARATOR.join(path), tokenizer, budget - JOIN_TOKENS))
-    embedded = [f"{c}\n\n{chunk.text}" if c else chunk.text for c, chunk in zip(contexts, chunks, strict=True)]
+    embedded = [embedded_text(c, chunk.text) for c, chunk in zip(contexts, chunks, strict=True)]
     counts = [len(e.ids) for e in tokenizer.encode_batch(embedded, add_special_tokens=False)]
     return [
         Chunk(c.ordinal, c.text, n, c.page_start, c.page_end, c.heading_path, context)

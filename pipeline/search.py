@@ -19,6 +19,7 @@ from sqlalchemy import bindparam, text
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import Session, sessionmaker
 
+from docpipe.chunk_context import embedded_text
 from docpipe.config import SearchConfig
 
 FILTER_JSON = JSONB(none_as_null=True)  # no filter is SQL NULL, not the JSON value null
@@ -197,15 +198,10 @@ def rerank_chunks(
 ) -> list[tuple[int, float]]:
     """(chunk_id, cross-encoder score) best first. Runs in the rerank worker; scores context + text."""
     with sessions.begin() as session:
-        texts = dict(
-            session.execute(
-                text(
-                    "SELECT id, CASE WHEN context = '' THEN text ELSE context || E'\\n\\n' || text END "
-                    "FROM chunks WHERE id = ANY(:ids)"
-                ),
-                {"ids": list(chunk_ids)},
-            ).all()
+        rows = session.execute(
+            text("SELECT id, context, text FROM chunks WHERE id = ANY(:ids)"), {"ids": list(chunk_ids)}
         )
+        texts = {r.id: embedded_text(r.context, r.text) for r in rows}
     ids = [cid for cid in chunk_ids if cid in texts]
     if not ids:
         return []

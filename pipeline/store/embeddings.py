@@ -9,6 +9,7 @@ import numpy as np
 from sqlalchemy import text
 from sqlalchemy.orm import Session
 
+from docpipe.chunk_context import embedded_text
 from docpipe.store.connection import raw_connection
 
 __all__ = ["PendingChunk", "claim_pending_chunks", "mark_ready", "model_row", "write_embeddings"]
@@ -48,12 +49,11 @@ def claim_pending_chunks(
             "   attempts = q.attempts + 1 "
             "FROM picked p, chunks c "
             "WHERE q.model_id = :m AND q.chunk_id = p.chunk_id AND c.id = q.chunk_id "
-            "RETURNING q.chunk_id, q.document_id, "
-            "  CASE WHEN c.context = '' THEN c.text ELSE c.context || E'\\n\\n' || c.text END AS text, q.token_count"
+            "RETURNING q.chunk_id, q.document_id, c.context, c.text, q.token_count"
         ),
         {"m": model_id, "rows": max_rows, "budget": max_tokens, "lease": lease_s},
     ).all()
-    return [PendingChunk(r.chunk_id, r.document_id, r.text, r.token_count) for r in rows]
+    return [PendingChunk(r.chunk_id, r.document_id, embedded_text(r.context, r.text), r.token_count) for r in rows]
 
 
 def write_embeddings(session: Session, model_id: int, chunk_ids: Sequence[int], vectors: np.ndarray) -> int:
