@@ -1,4 +1,4 @@
-"""The ONNX Runtime embedder: the transformer exported once (fp32 or dynamic int8), pooling in numpy."""
+"""The ONNX Runtime embedder: the transformer exported once (fp32, or fused then dynamic int8), pooling in numpy."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import numpy as np
 
 from docpipe.embed.base import PackedEmbedder
 from docpipe.embed.batching import pad_rows
-from docpipe.embed.onnx_export import export_fp32, quantize_int8
+from docpipe.embed.onnx_export import export_fp32, fuse_transformer, quantize_int8
 from docpipe.embed.pooling import pool_numpy
 from docpipe.embed.runtime import cpu_count
 from docpipe.embed.st_config import StModelConfig
@@ -51,8 +51,11 @@ class OnnxEmbedder(PackedEmbedder):
             probe=self._probe(),
             trust_remote_code=trust_remote_code,
         )
-        if quantize:
-            path = quantize_int8(path, cache_dir, name=self.name)
+        if quantize:  # fused attention first, so that int8 reaches the Q/K/V projections too
+            fused = fuse_transformer(
+                path, cache_dir, name=self.name, transformer_dir=st_config.transformer_dir, probe=self._probe()
+            )
+            path = quantize_int8(fused, cache_dir, name=self.name)
         self.model_path = path
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads or cpu_count()

@@ -90,21 +90,69 @@ def export_fp32(
     return publish_atomically(final_dir, build)
 
 
-def quantize_int8(fp32_path: Path, cache_dir: Path, *, name: str) -> Path:
-    """The cached dynamic-int8 variant of ``fp32_path``, quantized if missing.
+# Encoder families whose graphs ONNX Runtime's BERT fusions understand (attention, SkipLayerNorm, bias-GELU).
+_FUSABLE = {"bert", "roberta", "xlm-roberta", "distilbert", "camembert", "electra", "mpnet"}
 
-    Per-channel int8 weights for every weight MatMul except the FFN
-    down-projections (the dimension-reducing ones): their GELU inputs carry
-    outliers that cost the most accuracy. On all-MiniLM-L6-v2 this measured
-    mean cosine 0.997 (min 0.993) to fp32, against 0.993 (min 0.987) with
-    them quantized and 0.93 with per-tensor weights. ``reduce_range`` (7-bit)
-    is used on CPUs without VNNI, where 8-bit products can saturate.
+
+def fuse_transformer(
+    fp32_path: Path, cache_dir: Path, *, name: str, transformer_dir: Path, probe: dict[str, np.ndarray]
+) -> Path:
+    """The cached graph with ONNX Runtime's transformer fusions, or ``fp32_path`` where they do not apply.
+
+    Fused attention is what lets int8 quantisation reach the Q/K/V projections
+    (``QAttention``); the fused graph is checked against the plain one first.
     """
     import onnxruntime
 
+    config = json.loads((transformer_dir / "config.json").read_text(encoding="utf-8"))
+    if config.get("model_type") not in _FUSABLE:
+        return fp32_path
+    payload = json.dumps([fp32_path.parent.name, "fused-bert", onnxruntime.__version__])
+    final_dir = cache_dir / "onnx" / f"{model_slug(name)}-{hashlib.sha256(payload.encode()).hexdigest()[:16]}"
+
+    def build(tmp_dir: Path) -> None:
+        from onnxruntime.transformers import optimizer
+
+        log.info("fusing %s's transformer graph (one-time, cached in %s)", name, final_dir)
+        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+            warnings.simplefilter("ignore")
+            model = optimizer.optimize_model(
+                str(fp32_path),
+                model_type="bert",
+                num_heads=int(config.get("num_attention_heads", 0)),
+                hidden_size=int(config.get("hidden_size", 0)),
+                opt_level=0,  # the session applies its own optimizations on top
+            )
+        model.save_model_to_file(str(tmp_dir / MODEL_FILE))
+        _check_matches(tmp_dir / MODEL_FILE, probe, _run(fp32_path, probe))
+        log.info("fused operators: %s", model.get_fused_operator_statistics())
+
+    try:
+        return publish_atomically(final_dir, build)
+    except Exception as exc:  # fusions are an optimisation: the plain graph still works
+        log.warning(
+            "transformer fusions unavailable for %s (%s: %s); using the plain graph", name, type(exc).__name__, exc
+        )
+        return fp32_path
+
+
+def quantize_int8(graph_path: Path, cache_dir: Path, *, name: str) -> Path:
+    """The cached dynamic-int8 variant of ``graph_path`` (best: the fused graph), quantized if missing.
+
+    Per-channel int8 weights for the weight MatMuls and every fused Attention
+    (Q/K/V), activations quantized per batch at run time; see `_weight_nodes`
+    for the one MatMul kept in fp32. On all-MiniLM-L6-v2, against fp32 on
+    SciFact (1,500 abstracts, 809 queries), quantizing all of them measured
+    nDCG@10 +0.0003 and top-10 overlap 0.91; keeping every FFN down-projection
+    in fp32 cost 20% speed for no better nDCG. ``reduce_range`` (7-bit) is used
+    on CPUs without VNNI, where 8-bit products can saturate.
+    """
+    import onnx
+    import onnxruntime
+
     reduce_range = not ({"avx512_vnni", "avx_vnni", "amx_int8"} & cpu_flags())
-    settings = {"per_channel": True, "reduce_range": reduce_range, "skip": "down-projections"}
-    payload = json.dumps([fp32_path.parent.name, settings, onnxruntime.__version__])
+    settings = {"per_channel": True, "reduce_range": reduce_range, "ops": "MatMul+Attention", "fp32": "first down"}
+    payload = json.dumps([graph_path.parent.name, settings, onnxruntime.__version__])
     key = hashlib.sha256(payload.encode()).hexdigest()[:16]
     final_dir = cache_dir / "onnx" / f"{model_slug(name)}-{key}"
 
@@ -112,28 +160,42 @@ def quantize_int8(fp32_path: Path, cache_dir: Path, *, name: str) -> Path:
         from onnxruntime.quantization import QuantType, quantize_dynamic
 
         log.info("quantizing %s to int8 (one-time, cached in %s)", name, final_dir)
-        quantize_dynamic(
-            fp32_path,
-            tmp_dir / MODEL_FILE,
-            weight_type=QuantType.QInt8,
-            per_channel=True,
-            reduce_range=reduce_range,
-            op_types_to_quantize=["MatMul"],
-            nodes_to_quantize=_weight_matmuls_except_down_projections(fp32_path),
-        )
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            quantize_dynamic(
+                graph_path,
+                tmp_dir / MODEL_FILE,
+                weight_type=QuantType.QInt8,
+                per_channel=True,
+                reduce_range=reduce_range,
+                op_types_to_quantize=["MatMul", "Attention"],
+                nodes_to_quantize=_weight_nodes(graph_path),
+                extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT},  # fused ops have no inferred types
+            )
 
     return publish_atomically(final_dir, build)
 
 
-def _weight_matmuls_except_down_projections(path: Path) -> list[str]:
+def _weight_nodes(path: Path) -> list[str]:
+    """Fused Attention nodes and the MatMuls with a 2-D weight, except the first FFN down-projection.
+
+    The first layer's down-projection (the first weight MatMul that reduces the
+    width) sees the GELU outliers that per-batch activation scales handle worst;
+    keeping it alone in fp32 raised top-10 overlap with fp32 from 0.89 to 0.92
+    (100 queries over real chunks) for about 5% of the MatMul work.
+    """
     import onnx
 
     graph = onnx.load(str(path), load_external_data=False).graph
     shapes = {init.name: list(init.dims) for init in graph.initializer}
-    nodes = []
+    nodes, kept_fp32 = [], False
     for node in graph.node:
-        shape = shapes.get(node.input[1]) if node.op_type == "MatMul" and len(node.input) > 1 else None
-        if shape and len(shape) == 2 and shape[0] <= shape[1]:  # (in, out): keep in > out in fp32
+        shape = shapes.get(node.input[1], []) if node.op_type == "MatMul" and len(node.input) > 1 else []
+        if node.op_type == "Attention":
+            nodes.append(node.name)
+        elif len(shape) == 2 and shape[0] > shape[1] and not kept_fp32:
+            kept_fp32 = True
+        elif len(shape) == 2:
             nodes.append(node.name)
     return nodes
 
@@ -206,11 +268,15 @@ def _export(wrapper: object, inputs: tuple, names: list[str], target: Path, *, d
         )
 
 
-def _check_matches(path: Path, probe: dict[str, np.ndarray], expected: np.ndarray) -> None:
+def _run(path: Path, probe: dict[str, np.ndarray]) -> np.ndarray:
     import onnxruntime as ort
 
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    got = session.run(["last_hidden_state"], probe)[0]
+    return session.run(["last_hidden_state"], probe)[0]
+
+
+def _check_matches(path: Path, probe: dict[str, np.ndarray], expected: np.ndarray) -> None:
+    got = _run(path, probe)
     real = probe["attention_mask"].astype(bool)  # padded positions may differ, pooling ignores them
     error = float(np.abs(got[real] - expected[real]).max())
     if not error <= 1e-3 * max(1.0, float(np.abs(expected[real]).max())):

@@ -47,7 +47,7 @@ def reference(make) -> np.ndarray:
 
 @pytest.mark.parametrize(
     ("backend", "min_mean", "min_each"),
-    [("torch-bf16", 0.999, 0.998), ("onnx", 0.9999, 0.9999), ("onnx-int8", 0.99, 0.98)],
+    [("torch-bf16", 0.999, 0.998), ("onnx", 0.9999, 0.9999), ("onnx-int8", 0.985, 0.95)],
 )
 def test_backend_close_to_fp32(make, reference, backend, min_mean, min_each):
     embedder = make(backend)
@@ -247,4 +247,4 @@ def test_search_results_mostly_unchanged_against_fp32(make, corpus_chunks, backe
     reference, fast = top10(make("torch-fp32")), top10(make(backend))
     overlap = float(np.mean([len(a & b) / 10 for a, b in zip(reference, fast, strict=True)]))
     print(f"\n{backend}: top-10 overlap with torch-fp32 over {len(queries)} queries = {overlap:.3f}")
-    assert overlap >= 0.8
+    assert overlap >= 0.9
