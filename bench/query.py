@@ -155,7 +155,7 @@ def explain_search(database_url: str, query: str, query_vec: np.ndarray, collect
                 "plan": "\n".join(line for line in plan.splitlines() if not line.startswith("Query Parameters")),
             }
     out["ann"]["uses_index"] = "embeddings_hnsw" in out["ann"]["plan"]
-    out["text"]["uses_index"] = "chunk_terms_pkey" in out["text"]["plan"]
+    out["text"]["uses_index"] = "chunk_terms_impact" in out["text"]["plan"]
     return out
 
 

@@ -71,6 +71,7 @@ class SearchConfig(BaseModel):
     text_config: str = "english"  # Postgres text search configuration: stop words + Snowball stemmer
     bm25_k1: float = 0.9  # BM25 term-frequency saturation
     bm25_b: float = 0.4  # BM25 length normalisation, 0..1
+    bm25_per_term: int = 0  # postings read per query term, highest impact first; 0: all (exact BM25)
     fusion: Literal["convex", "rrf"] = "convex"  # min-max normalised score fusion, or reciprocal rank fusion
     vector_weight: float = 0.6  # weight of the dense side in fusion (the keyword side gets 1 - weight)
     rrf_k: int = 60  # reciprocal-rank-fusion constant

@@ -63,18 +63,18 @@ def vector_literal(vec: np.ndarray) -> str:
 
 _CANDIDATES_SQL = {
     "vector": "SELECT 0 AS side, chunk_id, 1 - distance AS score FROM docpipe_search(CAST(:q AS vector), :c, :n, :f)",
-    "text": "SELECT 1 AS side, chunk_id, rank AS score FROM docpipe_text_search(:t, :c, :n, :f)",
+    "text": "SELECT 1 AS side, chunk_id, rank AS score FROM docpipe_text_search(:t, :c, :n, :f, :p)",
 }
 
 
 def fetch_candidates(
     session: Session, *, query: str, query_vec: np.ndarray | None, collection: str, depth: int, mode: SearchMode,
-    where: dict | None,
+    where: dict | None, per_term: int = 0,
 ) -> Candidates:  # fmt: skip
     """Up to `depth` candidates per side the mode uses, in one round trip."""
     sides = ["vector", "text"] if mode == "hybrid" else [mode]
     sql = " UNION ALL ".join(f"({_CANDIDATES_SQL[side]})" for side in sides)
-    params: dict[str, Any] = {"c": collection, "n": depth, "f": where, "t": query}
+    params: dict[str, Any] = {"c": collection, "n": depth, "f": where, "t": query, "p": per_term}
     if query_vec is not None:
         params["q"] = vector_literal(query_vec)
     rows = session.execute(text(sql).bindparams(bindparam("f", type_=FILTER_JSON)), params).all()
@@ -177,8 +177,9 @@ def search_chunks(
 ) -> list[Hit]:
     """Candidate chunks of one collection ranked by `mode` (`limit` of them, default all), best first."""
     candidates = fetch_candidates(
-        session, query=query, query_vec=query_vec, collection=collection, depth=depth, mode=mode, where=where
-    )
+        session, query=query, query_vec=query_vec, collection=collection, depth=depth, mode=mode, where=where,
+        per_term=config.bm25_per_term,
+    )  # fmt: skip
     order = ranked(fuse(candidates, mode, config))[:limit]
     by_id = load_hits(session, [cid for cid, _ in order])
     hits = []

@@ -69,9 +69,12 @@ CREATE TABLE chunk_terms (
     chunk_id       bigint NOT NULL,
     tf             integer NOT NULL,   -- occurrences of the lexeme in context + text
     dl             integer NOT NULL,   -- the chunk's analysed length (lexeme occurrences)
-    PRIMARY KEY (collection_id, lexeme, chunk_id)
+    impact         real NOT NULL       -- the posting's BM25 term-frequency part when written: its rank in the term
 ) WITH (fillfactor = 100);
-CREATE INDEX chunk_terms_chunk ON chunk_terms (chunk_id);
+-- Each term's postings in impact order, with what scoring needs (index-only reads).
+CREATE INDEX chunk_terms_impact ON chunk_terms (collection_id, lexeme, impact DESC) INCLUDE (chunk_id, tf, dl);
+-- Chunk ids grow with insertion order, so a block-range index finds a chunk's postings at ~no write cost.
+CREATE INDEX chunk_terms_chunk ON chunk_terms USING brin (chunk_id);
 
 CREATE TABLE bm25_stats (
     collection_id  integer PRIMARY KEY REFERENCES collections (id) ON DELETE CASCADE,
@@ -84,16 +87,25 @@ CREATE FUNCTION docpipe_index_chunk_terms() RETURNS trigger
 LANGUAGE plpgsql AS $fn$
 BEGIN
     WITH analysed AS (
-        SELECT n.id AS chunk_id, d.collection_id, t.lexeme, cardinality(t.positions) AS tf,
-               sum(cardinality(t.positions)) OVER (PARTITION BY n.id) AS dl
+        SELECT n.id AS chunk_id, d.collection_id, c.bm25_k1 AS k1, c.bm25_b AS b, t.lexeme,
+               cardinality(t.positions) AS tf, sum(cardinality(t.positions)) OVER (PARTITION BY n.id) AS dl
         FROM new_chunks n
         JOIN documents d   ON d.id = n.document_id
         JOIN collections c ON c.id = d.collection_id,
              unnest(to_tsvector(c.text_config, n.context || E'\n\n' || n.text)) t
+    ), avgdl AS (  -- the collection's average length so far, or this batch's for a new collection
+        SELECT a.collection_id,
+               coalesce(max(s.terms::double precision / nullif(s.chunks, 0)),
+                        sum(a.tf)::double precision / count(DISTINCT a.chunk_id)) AS avgdl
+        FROM analysed a LEFT JOIN bm25_stats s ON s.collection_id = a.collection_id
+        GROUP BY a.collection_id
     ), postings AS (
-        -- in key order: the primary key's pages are filled in sequence
-        INSERT INTO chunk_terms (collection_id, lexeme, chunk_id, tf, dl)
-        SELECT collection_id, lexeme, chunk_id, tf, dl FROM analysed ORDER BY collection_id, lexeme, chunk_id
+        -- in key order: the index's pages are filled in sequence
+        INSERT INTO chunk_terms (collection_id, lexeme, chunk_id, tf, dl, impact)
+        SELECT a.collection_id, a.lexeme, a.chunk_id, a.tf, a.dl,
+               a.tf * (a.k1 + 1) / (a.tf + a.k1 * (1 - a.b + a.b * a.dl / g.avgdl))
+        FROM analysed a JOIN avgdl g USING (collection_id)
+        ORDER BY a.collection_id, a.lexeme
         RETURNING collection_id, chunk_id, tf
     )
     INSERT INTO bm25_stats AS s (collection_id, chunks, terms)
@@ -106,9 +118,14 @@ $fn$;
 
 CREATE FUNCTION docpipe_unindex_chunk_terms() RETURNS trigger
 LANGUAGE plpgsql AS $fn$
+DECLARE
+    lo bigint;
+    hi bigint;
 BEGIN
-    WITH gone AS (
-        DELETE FROM chunk_terms t USING old_chunks o WHERE t.chunk_id = o.id
+    SELECT min(id), max(id) INTO lo, hi FROM old_chunks;
+    WITH gone AS (  -- the id range lets the block-range index skip the rest of the table
+        DELETE FROM chunk_terms t
+        WHERE t.chunk_id BETWEEN lo AND hi AND t.chunk_id IN (SELECT id FROM old_chunks)
         RETURNING t.collection_id, t.chunk_id, t.tf
     )
     UPDATE bm25_stats s SET chunks = s.chunks - x.n, terms = s.terms - x.dl
@@ -124,13 +141,20 @@ CREATE TRIGGER chunks_unindex_terms AFTER DELETE ON chunks
     REFERENCING OLD TABLE AS old_chunks FOR EACH STATEMENT EXECUTE FUNCTION docpipe_unindex_chunk_terms();
 
 -- Chunks written before this migration: index them once.
-INSERT INTO chunk_terms (collection_id, lexeme, chunk_id, tf, dl)
-SELECT a.collection_id, a.lexeme, a.chunk_id, a.tf, sum(a.tf) OVER (PARTITION BY a.chunk_id)
-FROM (
-    SELECT ch.id AS chunk_id, d.collection_id, t.lexeme, cardinality(t.positions) AS tf
+WITH analysed AS (
+    SELECT ch.id AS chunk_id, d.collection_id, c.bm25_k1 AS k1, c.bm25_b AS b, t.lexeme,
+           cardinality(t.positions) AS tf, sum(cardinality(t.positions)) OVER (PARTITION BY ch.id) AS dl
     FROM chunks ch JOIN documents d ON d.id = ch.document_id JOIN collections c ON c.id = d.collection_id,
          unnest(to_tsvector(c.text_config, ch.context || E'\n\n' || ch.text)) t
-) a;
+), avgdl AS (
+    SELECT collection_id, sum(tf)::double precision / count(DISTINCT chunk_id) AS avgdl
+    FROM analysed GROUP BY collection_id
+)
+INSERT INTO chunk_terms (collection_id, lexeme, chunk_id, tf, dl, impact)
+SELECT a.collection_id, a.lexeme, a.chunk_id, a.tf, a.dl,
+       a.tf * (a.k1 + 1) / (a.tf + a.k1 * (1 - a.b + a.b * a.dl / g.avgdl))
+FROM analysed a JOIN avgdl g USING (collection_id)
+ORDER BY a.collection_id, a.lexeme;
 INSERT INTO bm25_stats (collection_id, chunks, terms)
 SELECT c.id,
        (SELECT count(DISTINCT chunk_id) FROM chunk_terms t WHERE t.collection_id = c.id),
@@ -139,10 +163,13 @@ FROM collections c;
 
 -- BM25 over a collection's chunks:
 --   SELECT * FROM docpipe_text_search('lease renewal', 'docs', 10);
--- Scores every posting of the query's lexemes (stop words never reach the index), so its
--- cost is the query terms' document frequencies, read from one index range per term.
+-- Exact BM25 with the collection's current N, avgdl and df, read from one index range per query term
+-- (index-only). `per_term` > 0 bounds the work: each term then contributes only its `per_term`
+-- highest-impact postings (tf saturated and length-normalised); a term in more chunks than that has a
+-- low idf, and the chunks it leaves out are those where it weighs least. Off by default (exact), and
+-- ignored under a metadata filter (the filter may keep only a few chunks).
 CREATE FUNCTION docpipe_text_search(query_text text, collection_name text, k integer DEFAULT 10,
-                                    metadata_filter jsonb DEFAULT NULL)
+                                    metadata_filter jsonb DEFAULT NULL, per_term integer DEFAULT NULL)
 RETURNS TABLE (chunk_id bigint, rank double precision)
 LANGUAGE plpgsql STABLE
 AS $fn$
@@ -150,6 +177,7 @@ DECLARE
     coll   collections%ROWTYPE;
     n      double precision;
     avgdl  double precision;
+    depth  integer;
 BEGIN
     SELECT * INTO coll FROM collections c WHERE c.name = collection_name;
     IF coll.id IS NULL THEN
@@ -160,19 +188,26 @@ BEGIN
     IF coalesce(n, 0) = 0 THEN
         RETURN;
     END IF;
+    depth := CASE WHEN metadata_filter IS NULL AND per_term > 0 THEN per_term END;  -- NULL: no LIMIT
     RETURN QUERY
     WITH q AS (
         SELECT t.lexeme, cardinality(t.positions) AS qtf
         FROM unnest(to_tsvector(coll.text_config, query_text)) t
-    ), p AS (
-        SELECT t.chunk_id, t.tf, t.dl, q.qtf, count(*) OVER (PARTITION BY t.lexeme) AS df
-        FROM q JOIN chunk_terms t ON t.collection_id = coll.id AND t.lexeme = q.lexeme
+    ), terms AS (
+        SELECT q.lexeme, q.qtf, ln(1 + (n - df.df + 0.5) / (df.df + 0.5)) AS idf
+        FROM q, LATERAL (SELECT count(*) AS df FROM chunk_terms c
+                         WHERE c.collection_id = coll.id AND c.lexeme = q.lexeme) df
+        WHERE df.df > 0
     ), scored AS (
         SELECT p.chunk_id,
-               sum(p.qtf * ln(1 + (n - p.df + 0.5) / (p.df + 0.5))
-                   * p.tf * (coll.bm25_k1 + 1)
+               sum(t.qtf * t.idf * p.tf * (coll.bm25_k1 + 1)
                    / (p.tf + coll.bm25_k1 * (1 - coll.bm25_b + coll.bm25_b * p.dl / avgdl))) AS score
-        FROM p GROUP BY p.chunk_id
+        FROM terms t, LATERAL (
+            SELECT c.chunk_id, c.tf, c.dl FROM chunk_terms c
+            WHERE c.collection_id = coll.id AND c.lexeme = t.lexeme
+            ORDER BY c.impact DESC LIMIT depth
+        ) p
+        GROUP BY p.chunk_id
     )
     SELECT s.chunk_id, s.score
     FROM scored s
@@ -186,7 +221,7 @@ $fn$;
 """
 
 DOWNGRADE = r"""
-DROP FUNCTION IF EXISTS docpipe_text_search(text, text, integer, jsonb);
+DROP FUNCTION IF EXISTS docpipe_text_search(text, text, integer, jsonb, integer);
 DROP VIEW IF EXISTS docpipe_chunks;
 DROP TRIGGER IF EXISTS chunks_index_terms ON chunks;
 DROP TRIGGER IF EXISTS chunks_unindex_terms ON chunks;

@@ -134,3 +134,21 @@ def test_an_unknown_text_configuration_is_refused(sessions) -> None:
         store.ensure_collection(
             s, "bm25-bad", model="test/model-8d", dim=8, analysis=SearchConfig(text_config="klingon")
         )
+
+
+def test_per_term_bound_keeps_each_terms_highest_impact_postings(sessions, collection) -> None:
+    with sessions.begin() as s:
+        rows = s.execute(
+            text("SELECT chunk_id, rank FROM docpipe_text_search('cherry banana', :c, 10, NULL, 1)"),
+            {"c": collection.name},
+        ).all()
+    # cherry's best posting is c (tf 3); banana's is b (tf 1 in the shorter chunk, over a's tf 1 in dl 3)
+    exact = bm25(["cherry", "banana"], DOCS)
+    with sessions.begin() as s:
+        sources = dict(
+            s.execute(text("SELECT ch.id, d.source FROM chunks ch JOIN documents d ON d.id = ch.document_id")).all()
+        )
+    got = {sources[r.chunk_id]: r.rank for r in rows}
+    assert set(got) == {"b", "c"}
+    assert got["c"] == pytest.approx(bm25(["cherry"], DOCS)["c"], rel=1e-6)
+    assert got["b"] < exact["b"]  # b's cherry posting was left out by the bound
