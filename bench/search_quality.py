@@ -28,44 +28,28 @@ from sqlalchemy import text
 from docpipe.bench.common import machine_info
 from docpipe.config import SearchConfig, Settings
 from docpipe.evaluation import MARKDOWN, BeirSet, as_markdown, default_collection, ndcg_at, recall_at
-from docpipe.search import Candidates, convex_fusion, fetch_candidates, ranked, reciprocal_rank_fusion
+from docpipe.fusion import best_per_group, ranked
+from docpipe.search import Candidates, fetch_candidates, fuse
 
 log = logging.getLogger(__name__)
 DEPTH = 300  # chunks per side per query: covers 100 documents of a few chunks each
 Ranking = list[str]  # corpus ids, best first
 
 
-def per_document(scores: dict[int, float], doc_of: dict[int, str]) -> Ranking:
-    """Chunk scores → documents ranked by their best chunk."""
-    best: dict[str, float] = {}
-    for cid, score in ranked(scores):
-        best.setdefault(doc_of[cid], score)
-    return list(best)
-
-
-def doc_scores(scores: dict[int, float], doc_of: dict[int, str]) -> dict[str, float]:
-    best: dict[str, float] = {}
-    for cid, score in scores.items():
-        doc = doc_of[cid]
-        best[doc] = max(best.get(doc, float("-inf")), score)
-    return best
-
-
-def fusion_variants(c: Candidates, doc_of: dict[int, str]) -> dict[str, Ranking]:
-    """Every ranking compared, from one query's candidates."""
-    out = {"dense": per_document(c.dense, doc_of), "bm25": per_document(c.keyword, doc_of)}
-    dense_docs, kw_docs = doc_scores(c.dense, doc_of), doc_scores(c.keyword, doc_of)
-    for w in (0.3, 0.4, 0.5, 0.6, 0.7, 0.8):
-        out[f"convex w={w} (chunks)"] = per_document(convex_fusion(c.dense, c.keyword, dense_weight=w), doc_of)
-        fused = convex_fusion(dense_docs, kw_docs, dense_weight=w)  # type: ignore[arg-type]
-        out[f"convex w={w} (documents)"] = [d for d, _ in sorted(fused.items(), key=lambda kv: -kv[1])]
-    for w in (0.5, 0.6, 0.7):
-        rrf = reciprocal_rank_fusion([list(c.dense), list(c.keyword)], k=60, weights=[w, 1 - w])
-        out[f"rrf k=60 w={w} (chunks)"] = per_document(rrf, doc_of)
-    dense_rank = [d for d, _ in sorted(dense_docs.items(), key=lambda kv: -kv[1])]
-    kw_rank = [d for d, _ in sorted(kw_docs.items(), key=lambda kv: -kv[1])]
-    rrf_docs = reciprocal_rank_fusion([dense_rank, kw_rank], k=60)  # type: ignore[list-item]
-    out["rrf k=60 (documents)"] = [d for d, _ in sorted(rrf_docs.items(), key=lambda kv: -kv[1])]
+def fusion_variants(c: Candidates, source_of: dict[int, str], default: SearchConfig) -> dict[str, Ranking]:
+    """Every ranking compared, from one query's candidates, each as corpus ids best first."""
+    out: dict[str, Ranking] = {}
+    for mode in ("vector", "text"):
+        out[mode] = [source_of[d] for d, _ in ranked(fuse(c, mode, default, by_document=True))]  # type: ignore[arg-type]
+    for method in ("zscore", "minmax", "rrf"):
+        for w in (0.3, 0.4, 0.5, 0.6, 0.7):
+            config = default.model_copy(update={"fusion": method, "vector_weight": w})
+            for by_document in (True, False):
+                scores = fuse(c, "hybrid", config, by_document=by_document)
+                if not by_document:
+                    scores = best_per_group(scores, c.document_of)
+                name = f"hybrid {method} w={w} ({'documents' if by_document else 'chunks'} fused)"
+                out[name] = [source_of[d] for d, _ in ranked(scores)]
     return out
 
 
@@ -166,21 +150,22 @@ def run(beir: BeirSet, client, *, collection: str, settings: Settings, reference
     embed_s = time.perf_counter() - started
     rankings: dict[str, dict[str, Ranking]] = {}
     with client.sessions.begin() as session:
-        doc_of = dict(
+        source_of = dict(
             session.execute(
-                text(
-                    "SELECT ch.id, d.source FROM chunks ch JOIN documents d ON d.id = ch.document_id "
-                    "JOIN collections c ON c.id = d.collection_id WHERE c.name = :c"
-                ),
+                text("SELECT d.id, d.source FROM documents d JOIN collections c ON c.id = d.collection_id "
+                     "WHERE c.name = :c"),
                 {"c": collection},
             ).all()
-        )
+        )  # fmt: skip
+        chunks = session.execute(
+            text("SELECT count(*) FROM docpipe_chunks WHERE collection = :c"), {"c": collection}
+        ).scalar_one()
         started = time.perf_counter()
         for qid, q in queries.items():
             cands = fetch_candidates(
                 session, query=q, query_vec=vecs[qid], collection=collection, depth=DEPTH, mode="hybrid", where=None
             )
-            rankings[qid] = fusion_variants(cands, doc_of)
+            rankings[qid] = fusion_variants(cands, source_of, settings.search)
         candidates_s = time.perf_counter() - started
         config = session.execute(
             text("SELECT text_config::text, bm25_k1, bm25_b FROM collections WHERE name = :c"), {"c": collection}
@@ -191,7 +176,7 @@ def run(beir: BeirSet, client, *, collection: str, settings: Settings, reference
             whole = [f"{t}\n\n{x}" for _, t, x in corpus]
             doc_tokens = postgres_tokens(session, config[0], whole)
             q_tokens = dict(zip(queries, postgres_tokens(session, config[0], list(queries.values())), strict=True))
-    out: dict = {"machine": machine_info(), "collection": collection, "queries": len(queries), "chunks": len(doc_of)}
+    out: dict = {"machine": machine_info(), "collection": collection, "queries": len(queries), "chunks": chunks}
     out["timing"] = {"query_embed_ms_mean": round(embed_s / len(queries) * 1000, 2),
                      "candidates_sql_ms_mean": round(candidates_s / len(queries) * 1000, 2)}  # fmt: skip
     out["hnsw_recall@100"] = recall

@@ -286,10 +286,11 @@ class Client:
         config = self.settings.search
         rerank_n = self.settings.rerank.candidates if rerank else 0
         depth = candidate_depth(k, config, group_by=group_by, rerank_candidates=rerank_n)
+        fused_group = None if rerank else group_by  # a reranked list is grouped after the cross-encoder
         with self.sessions.begin() as session:
             hits = search_chunks(
                 session, query=query, query_vec=query_vec, collection=collection, depth=depth, config=config,
-                mode=mode, where=where, limit=None if group_by else max(k, rerank_n),
+                mode=mode, where=where, limit=max(k, rerank_n), group_by=fused_group,
             )  # fmt: skip
         if rerank and hits:
             hits = self._rerank(query, hits[:rerank_n], timeout_s=timeout_s)

@@ -72,8 +72,8 @@ class SearchConfig(BaseModel):
     bm25_k1: float = 0.9  # BM25 term-frequency saturation
     bm25_b: float = 0.4  # BM25 length normalisation, 0..1
     bm25_per_term: int = 0  # postings read per query term, highest impact first; 0: all (exact BM25)
-    fusion: Literal["convex", "rrf"] = "convex"  # min-max normalised score fusion, or reciprocal rank fusion
-    vector_weight: float = 0.6  # weight of the dense side in fusion (the keyword side gets 1 - weight)
+    fusion: Literal["zscore", "minmax", "rrf"] = "zscore"  # score fusion of z-scores or min-max, or rank fusion
+    vector_weight: float = 0.5  # weight of the dense side in fusion (the keyword side gets 1 - weight)
     rrf_k: int = 60  # reciprocal-rank-fusion constant
     candidates: int = 100  # chunks each side contributes to fusion, at least k
 

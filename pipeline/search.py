@@ -1,10 +1,9 @@
 """Query side: dense (HNSW) and BM25 candidates from one SQL round trip, fused, grouped, optionally reranked.
 
-Fusion (`SearchConfig.fusion`):
-- ``convex`` (default): each side's scores are min-max normalised over its own
-  candidates, then combined as ``w·dense + (1 − w)·bm25``; a chunk missing from
-  one side gets 0 there. Scores keep their margins, which rank fusion drops.
-- ``rrf``: weighted reciprocal rank fusion, ``w/(k + rank)`` per side.
+Chunks are fused chunk by chunk; with ``group_by="document"`` each side is
+first reduced to its documents (a document scores its best chunk) and the
+documents are fused, so a document whose best dense chunk and best BM25 chunk
+differ gets credit from both. See `docpipe.fusion` for the methods.
 """
 
 from __future__ import annotations
@@ -21,6 +20,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from docpipe.chunk_context import embedded_text
 from docpipe.config import SearchConfig
+from docpipe.fusion import best_per_group, fuse_two, ranked
 
 FILTER_JSON = JSONB(none_as_null=True)  # no filter is SQL NULL, not the JSON value null
 SearchMode = Literal["hybrid", "vector", "text"]
@@ -54,6 +54,7 @@ class Candidates:
 
     dense: dict[int, float]
     keyword: dict[int, float]
+    document_of: dict[int, int]  # chunk id → document id, for every candidate
 
 
 def vector_literal(vec: np.ndarray) -> str:
@@ -62,8 +63,10 @@ def vector_literal(vec: np.ndarray) -> str:
 
 
 _CANDIDATES_SQL = {
-    "vector": "SELECT 0 AS side, chunk_id, 1 - distance AS score FROM docpipe_search(CAST(:q AS vector), :c, :n, :f)",
-    "text": "SELECT 1 AS side, chunk_id, rank AS score FROM docpipe_text_search(:t, :c, :n, :f, :p)",
+    "vector": "SELECT 0 AS side, chunk_id, document_id, 1 - distance AS score "
+    "FROM docpipe_search(CAST(:q AS vector), :c, :n, :f)",
+    "text": "SELECT 1 AS side, t.chunk_id, ch.document_id, t.rank AS score "
+    "FROM docpipe_text_search(:t, :c, :n, :f, :p) t JOIN chunks ch ON ch.id = t.chunk_id",
 }
 
 
@@ -80,52 +83,22 @@ def fetch_candidates(
     rows = session.execute(text(sql).bindparams(bindparam("f", type_=FILTER_JSON)), params).all()
     dense = {int(r.chunk_id): float(r.score) for r in rows if r.side == 0}
     keyword = {int(r.chunk_id): float(r.score) for r in rows if r.side == 1}
-    return Candidates(dense, keyword)
+    return Candidates(dense, keyword, {int(r.chunk_id): int(r.document_id) for r in rows})
 
 
-def min_max(scores: dict[int, float]) -> dict[int, float]:
-    """Scores scaled to [0, 1] over their own list (all 1.0 when they are equal)."""
-    if not scores:
-        return {}
-    low, high = min(scores.values()), max(scores.values())
-    span = high - low
-    return {cid: (s - low) / span if span > 0 else 1.0 for cid, s in scores.items()}
-
-
-def convex_fusion(dense: dict[int, float], keyword: dict[int, float], *, dense_weight: float) -> dict[int, float]:
-    """w·minmax(dense) + (1 − w)·minmax(keyword); a chunk missing from one side scores 0 there."""
-    d, kw = min_max(dense), min_max(keyword)
-    return {cid: dense_weight * d.get(cid, 0.0) + (1 - dense_weight) * kw.get(cid, 0.0) for cid in d.keys() | kw.keys()}
-
-
-def reciprocal_rank_fusion(
-    rankings: Sequence[Sequence[int]], *, k: int = 60, weights: Sequence[float] | None = None
+def fuse(
+    candidates: Candidates, mode: SearchMode, config: SearchConfig, *, by_document: bool = False
 ) -> dict[int, float]:
-    """score(id) = Σ w_i / (k + rank_i), rank from 1 (Cormack et al. 2009, weighted)."""
-    weights = weights or [1.0] * len(rankings)
-    scores: dict[int, float] = {}
-    for ranking, weight in zip(rankings, weights, strict=True):
-        for rank, item in enumerate(ranking, start=1):
-            scores[item] = scores.get(item, 0.0) + weight / (k + rank)
-    return scores
-
-
-def fuse(candidates: Candidates, mode: SearchMode, config: SearchConfig) -> dict[int, float]:
-    """One score per candidate chunk for `mode`."""
+    """One score per candidate chunk (or per document, `by_document`) for `mode`."""
+    dense, keyword = candidates.dense, candidates.keyword
+    if by_document:
+        dense = best_per_group(dense, candidates.document_of)
+        keyword = best_per_group(keyword, candidates.document_of)
     if mode == "vector":
-        return dict(candidates.dense)
+        return dict(dense)
     if mode == "text":
-        return dict(candidates.keyword)
-    w = config.vector_weight
-    if config.fusion == "rrf":
-        rankings = [list(candidates.dense), list(candidates.keyword)]
-        return reciprocal_rank_fusion(rankings, k=config.rrf_k, weights=[w, 1 - w])
-    return convex_fusion(candidates.dense, candidates.keyword, dense_weight=w)
-
-
-def ranked(scores: dict[int, float]) -> list[tuple[int, float]]:
-    """(id, score) best first; ties by id, so results are stable."""
-    return sorted(scores.items(), key=lambda kv: (-kv[1], kv[0]))
+        return dict(keyword)
+    return fuse_two(dense, keyword, method=config.fusion, dense_weight=config.vector_weight, rrf_k=config.rrf_k)
 
 
 def group_by_document(hits: Sequence[Hit]) -> list[Hit]:
@@ -174,13 +147,25 @@ def search_chunks(
     mode: SearchMode = "hybrid",
     where: dict | None = None,
     limit: int | None = None,
+    group_by: GroupBy = None,
 ) -> list[Hit]:
-    """Candidate chunks of one collection ranked by `mode` (`limit` of them, default all), best first."""
+    """Candidate chunks of one collection ranked by `mode`, best first (`limit` of them, default all).
+
+    With `group_by="document"`: one hit per document, ranked by the document-level fusion, each
+    shown by its best chunk; `score` is the document's.
+    """
     candidates = fetch_candidates(
         session, query=query, query_vec=query_vec, collection=collection, depth=depth, mode=mode, where=where,
         per_term=config.bm25_per_term,
     )  # fmt: skip
-    order = ranked(fuse(candidates, mode, config))[:limit]
+    chunk_scores = fuse(candidates, mode, config)
+    order = ranked(chunk_scores)
+    if group_by == "document":
+        best_chunk = {}
+        for cid, _ in order:
+            best_chunk.setdefault(candidates.document_of[cid], cid)
+        order = [(best_chunk[doc], score) for doc, score in ranked(fuse(candidates, mode, config, by_document=True))]
+    order = order[:limit]
     by_id = load_hits(session, [cid for cid, _ in order])
     hits = []
     for cid, score in order:
