@@ -56,8 +56,9 @@ class EmbedConfig(BaseModel):
     model: str = DEFAULT_MODEL  # Hugging Face id or local sentence-transformers directory
     backend: EmbedBackend = "auto"
     device: Device = "auto"
-    max_batch_tokens: int = 16_384  # padded tokens claimed per batch from the database
-    micro_batch_tokens: int = 8_192  # padded tokens per forward pass (halved on CUDA OOM)
+    max_batch_tokens: int = 65_536  # tokens claimed per batch from the database (sorted by length within it)
+    micro_batch_tokens: int = 8_192  # padded tokens per forward pass on a GPU (halved on CUDA OOM)
+    cpu_micro_batch_tokens: int = 2_048  # padded tokens per forward pass on a CPU: as fast per token, less padding
     bulk_load_chunks: int = 50_000  # pending chunks above which the HNSW index is dropped and rebuilt after; 0: never
     trust_remote_code: bool = False
 

@@ -64,6 +64,7 @@ class EmbedStats:
                 "write_s",
                 "idle_s",
                 "padded_tokens",
+                "index_build_s",
             ):
                 setattr(out, name, getattr(out, name) + getattr(run, name))
             out.batch_sizes.extend(run.batch_sizes)
@@ -98,8 +99,12 @@ def embed_pending(
     settings: Settings,
     max_batches: int | None = None,
     depth: int = 2,
+    micro_batch_tokens: int | None = None,
 ) -> EmbedStats:
-    """Embed pending chunks of `model` across all documents until none is left; returns what it did."""
+    """Embed pending chunks of `model` across all documents until none is left; returns what it did.
+
+    `micro_batch_tokens`: the embedder's packing budget (padded tokens), for the padding statistics only.
+    """
     stats = EmbedStats()
     with sessions.begin() as session:
         found = store.model_row(session, model)
@@ -112,7 +117,14 @@ def embed_pending(
         )
     started = time.perf_counter()
     _run_stages(
-        stats, model_id, sessions=sessions, embed=embed, settings=settings, max_batches=max_batches, depth=depth
+        stats,
+        model_id,
+        sessions=sessions,
+        embed=embed,
+        settings=settings,
+        max_batches=max_batches,
+        depth=depth,
+        micro_batch_tokens=micro_batch_tokens or settings.embed.micro_batch_tokens,
     )
     if max_batches is None:  # drained: build the index a bulk load dropped
         t0 = time.perf_counter()
@@ -132,6 +144,7 @@ def _run_stages(
     settings: Settings,
     max_batches: int | None,
     depth: int,
+    micro_batch_tokens: int,
 ) -> None:
     """Claimer thread → forward passes here → writer thread, until the claimer finds nothing."""
     claimed: queue.Queue = queue.Queue(maxsize=depth)
@@ -178,7 +191,7 @@ def _run_stages(
             counts = [c.token_count for c in batch]
             stats.chunks += len(batch)
             stats.tokens += sum(counts)
-            stats.padded_tokens += padded_slots(counts, settings.embed.micro_batch_tokens)
+            stats.padded_tokens += padded_slots(counts, micro_batch_tokens)
             stats.batches += 1
             stats.batch_sizes.append(len(batch))
     finally:

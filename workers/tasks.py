@@ -84,9 +84,14 @@ def embed(model: str) -> dict:
     """Drain the embed queue of `model` across all documents (one drain per process at a time)."""
     ctx = _ctx()
     _clear_wake_mark(model)  # before draining: chunks committed from now on are seen by this drain
+    embedder = ctx.embedder(model)
     runs = ctx.drain_gate(model).run(
         lambda: drain.embed_pending(
-            model, sessions=ctx.sessions, embed=ctx.embedder(model).embed, settings=ctx.settings
+            model,
+            sessions=ctx.sessions,
+            embed=embedder.embed,
+            settings=ctx.settings,
+            micro_batch_tokens=embedder.micro_batch_tokens,
         )
     )
     if not runs:
@@ -98,7 +103,8 @@ def embed(model: str) -> dict:
     metrics.FORWARD_SECONDS.inc(stats.forward_s)
     metrics.DRAIN_SECONDS.inc(stats.wall_s)
     log.info(
-        "embedded %d chunks (%d tokens) in %d batches, %.1f s, model busy %.0f%%, padding %.1f%%, %d documents ready",
+        "embedded %d chunks (%d tokens) in %d batches, %.1f s, model busy %.0f%%, padding %.1f%%, %d documents ready; "
+        "forward %.2f s, claim %.2f s, write %.2f s, idle %.2f s, index %.2f s",
         stats.chunks,
         stats.tokens,
         stats.batches,
@@ -106,6 +112,11 @@ def embed(model: str) -> dict:
         100 * stats.model_busy,
         100 * stats.padding_waste,
         stats.documents_ready,
+        stats.forward_s,
+        stats.claim_s,
+        stats.write_s,
+        stats.idle_s,
+        stats.index_build_s,
     )
     return {
         "chunks": stats.chunks,

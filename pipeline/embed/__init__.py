@@ -69,7 +69,7 @@ def build_embedder(
 ) -> PackedEmbedder:
     """One concrete backend (``torch-fp32|bf16|fp16``, ``onnx``, ``onnx-int8``) for a read model config."""
     common = {
-        "micro_batch_tokens": cfg.micro_batch_tokens,
+        "micro_batch_tokens": cfg.micro_batch_tokens if device == "cuda" else cfg.cpu_micro_batch_tokens,
         "trust_remote_code": cfg.trust_remote_code,
         "name": cfg.model,
     }

@@ -28,6 +28,7 @@ class Embedder(Protocol):
     name: str  # model id or path as configured
     dim: int  # output dimension
     max_tokens: int  # longest input in tokens, special tokens included
+    micro_batch_tokens: int  # padded tokens per forward pass
     special_tokens: int  # special tokens the tokenizer adds to one sequence
     backend: str  # "torch-fp32" | "torch-bf16" | "torch-fp16" | "onnx" | "onnx-int8"
     device: str  # "cpu" | "cuda"
