@@ -127,6 +127,7 @@ class Stack:
                 self.workers = default_workers(self.settings)
                 for spec in self.workers:
                     self._spawn(spec)
+                self.wait_for_workers()
         except BaseException:
             self.stop()
             raise
@@ -175,6 +176,29 @@ class Stack:
         else:
             log.info("embedding backend chosen in %.1f s", elapsed)
         return elapsed
+
+    def wait_for_workers(self, *, timeout_s: float = 180.0) -> bool:
+        """Until the parse and embed workers answer a ping (the embed worker loads its model first); True if so.
+
+        `start()` then means ready: the first ingest does not wait for model loading.
+        """
+        from docpipe.workers.celery_app import make_app
+
+        names = {f"{spec.name}@" for spec in self.workers if spec.name in ("parse", "embed")}
+        app = make_app(self.settings.model_copy(update={"redis_url": self.redis_url}))
+        deadline = time.monotonic() + timeout_s
+        try:
+            while time.monotonic() < deadline:
+                if any(w.proc is not None and w.proc.poll() is not None for w in self.workers):
+                    break  # a child died: the supervisor restarts it; do not wait here
+                replies = app.control.ping(timeout=1.0) or []
+                answered = {name.split("@")[0] + "@" for reply in replies for name in reply}
+                if names <= answered:
+                    return True
+        finally:
+            app.close()
+        log.warning("workers not ready after %.0f s; see %s", timeout_s, self.log_dir)
+        return False
 
     def child_env(self) -> dict[str, str]:
         env = dict(os.environ)
