@@ -8,13 +8,16 @@ die are restarted; SIGINT/SIGTERM stops them all, workers first.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -119,15 +122,16 @@ class Stack:
         if previous is not None and previous.alive() and previous.pid != os.getpid():
             raise ConfigError(f"a docpipe stack (pid {previous.pid}) already runs on {data}; stop it first")
         try:
-            self._start_servers(previous)
-            migrate(self.database_url)
-            StackInfo(self.database_url, self.redis_url, os.getpid()).write(data)
-            if self.with_workers:
-                self.prepare_s = self.prepare_embedding_backend()
-                self.workers = default_workers(self.settings)
-                for spec in self.workers:
-                    self._spawn(spec)
-                self.wait_for_workers()
+            with _sigterm_exits():  # a SIGTERM while starting (other shells see the stack early) stops cleanly
+                self._start_servers(previous)
+                migrate(self.database_url)
+                StackInfo(self.database_url, self.redis_url, os.getpid()).write(data)
+                if self.with_workers:
+                    self.prepare_s = self.prepare_embedding_backend()
+                    self.workers = default_workers(self.settings)
+                    for spec in self.workers:
+                        self._spawn(spec)
+                    self.wait_for_workers()
         except BaseException:
             self.stop()
             raise
@@ -270,6 +274,23 @@ class Stack:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+@contextlib.contextmanager
+def _sigterm_exits() -> Iterator[None]:
+    """SIGTERM raises SystemExit(0) inside the block (main thread only), so the caller's cleanup runs."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def _exit(signum: int, _frame: object) -> None:
+        raise SystemExit(0)
+
+    old = signal.signal(signal.SIGTERM, _exit)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, old)
 
 
 def fresh_metrics_env(path: Path) -> dict[str, str]:
