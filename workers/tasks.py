@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+from collections.abc import Iterator
 
 from celery import shared_task
 from celery.signals import worker_init, worker_process_shutdown
@@ -132,6 +134,13 @@ def _wake_key(model: str) -> str:
     return f"docpipe:embed-wake:{model}"
 
 
+@contextlib.contextmanager
+def _broker_redis() -> Iterator[object]:
+    """The Redis client of a pooled broker connection."""
+    with app.pool.acquire(block=True) as conn:
+        yield conn.default_channel.client
+
+
 def wake_embedder(model: str) -> None:
     """Send an embed wake-up unless one is queued and not yet started: one message per drain, not per document.
 
@@ -139,8 +148,8 @@ def wake_embedder(model: str) -> None:
     set, and the queued task clears the mark before it starts claiming.
     """
     try:
-        with app.pool.acquire(block=True) as conn:
-            if not conn.default_channel.client.set(_wake_key(model), "1", nx=True, ex=WAKE_TTL_S):
+        with _broker_redis() as redis:
+            if not redis.set(_wake_key(model), "1", nx=True, ex=WAKE_TTL_S):
                 return
     except Exception as exc:  # a broker without SET NX: wake every time
         log.debug("wake-up mark unavailable: %s", exc)
@@ -149,8 +158,8 @@ def wake_embedder(model: str) -> None:
 
 def _clear_wake_mark(model: str) -> None:
     try:
-        with app.pool.acquire(block=True) as conn:
-            conn.default_channel.client.delete(_wake_key(model))
+        with _broker_redis() as redis:
+            redis.delete(_wake_key(model))
     except Exception as exc:
         log.debug("wake-up mark unavailable: %s", exc)
 
