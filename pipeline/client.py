@@ -35,6 +35,12 @@ def check_collection_name(name: str) -> str:
     return name
 
 
+def _checked(metadata: dict[str, Any] | None) -> dict[str, Any] | None:
+    if metadata is not None and not isinstance(metadata, dict):
+        raise ValueError("metadata must be a dict")
+    return metadata
+
+
 def finished(counts: dict[str, int]) -> int:
     """Documents in a final state (`ready` or `failed`) among per-state counts."""
     return sum(counts.get(s, 0) for s in store.FINAL_STATES)
@@ -154,17 +160,13 @@ class Client:
         metadata: dict[str, Any] | None = None,
     ) -> Job:
         """Store files (bytes + sha256) and enqueue them for parsing; same bytes again are a no-op."""
-        collection = check_collection_name(self.settings.default_collection if collection is None else collection)
-        if metadata is not None and not isinstance(metadata, dict):
-            raise ValueError("metadata must be a dict")
+        collection, metadata = self._collection_name(collection), _checked(metadata)
         if isinstance(paths, (str, Path)):
             paths = [paths]
         started = time.perf_counter()
         entries, skipped = collect_files(paths, max_bytes=self.settings.parse.max_bytes)
         docs = (self._new_document(entry, metadata) for entry in entries)
-        job = self._store_all(collection, docs, skipped=skipped)
-        job.enqueue_s = time.perf_counter() - started
-        return job
+        return self._store_all(collection, docs, skipped=skipped, started=started)
 
     def ingest_bytes(
         self,
@@ -174,9 +176,7 @@ class Client:
         metadata: dict[str, Any] | None = None,
     ) -> Job:
         """Store in-memory documents given as (key, content, media type); the key is their `source`."""
-        collection = check_collection_name(self.settings.default_collection if collection is None else collection)
-        if metadata is not None and not isinstance(metadata, dict):
-            raise ValueError("metadata must be a dict")
+        collection, metadata = self._collection_name(collection), _checked(metadata)
         started = time.perf_counter()
         limit = self.settings.parse.max_bytes
         docs = (
@@ -186,9 +186,7 @@ class Client:
             )
             for key, content, media_type in documents
         )  # fmt: skip
-        job = self._store_all(collection, docs)
-        job.enqueue_s = time.perf_counter() - started
-        return job
+        return self._store_all(collection, docs, started=started)
 
     def _new_document(self, entry: FileEntry, metadata: dict[str, Any] | None) -> store.NewDocument:
         content, digest = read_document(entry)
@@ -202,7 +200,12 @@ class Client:
             entry.problem,
         )
 
-    def _store_all(self, collection: str, docs: Iterable[store.NewDocument], *, skipped: int = 0) -> Job:
+    def _collection_name(self, collection: str | None) -> str:
+        return check_collection_name(self.settings.default_collection if collection is None else collection)
+
+    def _store_all(
+        self, collection: str, docs: Iterable[store.NewDocument], *, started: float, skipped: int = 0
+    ) -> Job:
         """Store documents in transactions of up to INGEST_TX_BYTES (or 1,000 documents), enqueueing after each."""
         coll = self._ensure_collection(collection)
         job = Job(self, collection, [], skipped=skipped)
@@ -216,6 +219,7 @@ class Client:
                 batch, batch_bytes = [], 0
         if batch:
             self._store_and_enqueue(coll.id, batch, job)
+        job.enqueue_s = time.perf_counter() - started
         return job
 
     def _ensure_collection(self, name: str) -> store.CollectionInfo:
@@ -275,7 +279,7 @@ class Client:
             raise ValueError(f"mode must be 'hybrid', 'vector' or 'text', not {mode!r}")
         if group_by not in (None, "document"):
             raise ValueError(f"group_by must be None or 'document', not {group_by!r}")
-        collection = check_collection_name(self.settings.default_collection if collection is None else collection)
+        collection = self._collection_name(collection)
         if where is not None and not isinstance(where, dict):
             raise ValueError("where must be a dict (JSON containment filter on document metadata)")
         with self.sessions.begin() as session:
