@@ -40,7 +40,7 @@ def add_document(sessions, collection, key: str, body: str, *, context: str = ""
 def collection(sessions):
     analysis = SearchConfig(text_config="simple", bm25_k1=K1, bm25_b=B)
     with sessions.begin() as s:
-        coll = store.ensure_collection(s, f"bm25-{next(_names)}", model="test/model-8d", dim=8, analysis=analysis)
+        coll = store.ensure_collection(s, f"bm25-{next(_names)}", model="test/bm25-only", dim=8, analysis=analysis)
     for key, body in DOCS.items():
         add_document(sessions, coll, key, body)
     return coll
@@ -120,7 +120,7 @@ def test_context_header_is_indexed_and_metadata_filters(sessions, collection) ->
 
 def test_english_analysis_stems_and_drops_stop_words(sessions) -> None:
     with sessions.begin() as s:
-        coll = store.ensure_collection(s, f"bm25-en-{next(_names)}", model="test/model-8d", dim=8)
+        coll = store.ensure_collection(s, f"bm25-en-{next(_names)}", model="test/bm25-only", dim=8)
     add_document(sessions, coll, "x", "The runners were running through the gardens")
     add_document(sessions, coll, "y", "A quiet library with books")
     assert list(text_search(sessions, "garden run", coll)) == ["x"]
@@ -132,7 +132,7 @@ def test_an_unknown_text_configuration_is_refused(sessions) -> None:
 
     with sessions.begin() as s, pytest.raises(ConfigError, match="text search configuration"):
         store.ensure_collection(
-            s, "bm25-bad", model="test/model-8d", dim=8, analysis=SearchConfig(text_config="klingon")
+            s, "bm25-bad", model="test/bm25-only", dim=8, analysis=SearchConfig(text_config="klingon")
         )
 
 
