@@ -195,7 +195,12 @@ class Stack:
             while time.monotonic() < deadline:
                 if any(w.proc is not None and w.proc.poll() is not None for w in self.workers):
                     break  # a child died: the supervisor restarts it; do not wait here
-                replies = app.control.ping(timeout=1.0) or []
+                try:
+                    replies = app.control.ping(timeout=1.0) or []
+                except Exception as exc:  # broker still settling: ask again
+                    log.debug("worker ping failed: %s", exc)
+                    time.sleep(0.5)
+                    continue
                 answered = {name.split("@")[0] + "@" for reply in replies for name in reply}
                 if names <= answered:
                     return True
