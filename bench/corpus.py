@@ -85,3 +85,14 @@ def select_documents(files: list[ParsedFile], token_budget: int | None) -> list[
             chosen.append(f)
             used += f.tokens
     return chosen
+
+
+def manifest_class(docs: Path, wanted: str = "ok_text") -> set[str] | None:
+    """File names of class `wanted` in the shared corpus MANIFEST.tsv beside `docs`; None without a manifest."""
+    import csv
+
+    manifest = docs.parent / "MANIFEST.tsv"
+    if not manifest.is_file():
+        return None
+    with manifest.open(encoding="utf-8") as fh:
+        return {Path(r["file"]).name for r in csv.DictReader(fh, delimiter="\t") if r["class"] == wanted}
