@@ -10,6 +10,7 @@ from pathlib import Path
 from docpipe.bench.common import Goal, Section, ratio
 from docpipe.bench.harness import RunningStack
 from docpipe.bench.rss import RssSampler
+from docpipe.chunk_context import embedded_text
 
 E2E_GOAL = 1.10  # steady-state ingest wall ÷ pure forward
 REINGEST_GOAL = 0.02  # re-ingest wall ÷ first ingest wall
@@ -58,9 +59,8 @@ def read_chunk_texts(client, collection: str) -> tuple[list[str], int, int]:
 
     with client.sessions.begin() as session:
         rows = session.execute(
-            text(  # the text the embedder is given: the context header, if any, then the chunk
-                "SELECT CASE WHEN ch.context = '' THEN ch.text ELSE ch.context || E'\\n\\n' || ch.text END AS text, "
-                "ch.token_count FROM chunks ch JOIN documents d ON d.id = ch.document_id "
+            text(
+                "SELECT ch.context, ch.text, ch.token_count FROM chunks ch JOIN documents d ON d.id = ch.document_id "
                 "JOIN collections c ON c.id = d.collection_id WHERE c.name = :c ORDER BY ch.id"
             ),
             {"c": collection},
@@ -72,7 +72,8 @@ def read_chunk_texts(client, collection: str) -> tuple[list[str], int, int]:
             ),
             {"c": collection},
         ).scalar_one()
-    return [r.text for r in rows], sum(r.token_count for r in rows), int(pages)
+    texts = [embedded_text(r.context, r.text) for r in rows]  # what the embed worker gave the model
+    return texts, sum(r.token_count for r in rows), int(pages)
 
 
 def log_tails(run: RunningStack, offsets: dict[str, int]) -> dict[str, str]:
