@@ -51,14 +51,14 @@ def bm25(query: list[str], docs: dict[str, str]) -> dict[str, float]:
     tokens = {key: body.split() for key, body in docs.items()}
     n = len(tokens)
     avgdl = sum(map(len, tokens.values())) / n
+    df = {term: sum(term in words for words in tokens.values()) for term in set(query)}
     out = {}
     for key, words in tokens.items():
         score = 0.0
         for term in query:
-            df = sum(term in other for other in tokens.values())
             tf = words.count(term)
             if tf:
-                idf = math.log(1 + (n - df + 0.5) / (df + 0.5))
+                idf = math.log(1 + (n - df[term] + 0.5) / (df[term] + 0.5))
                 score += idf * tf * (K1 + 1) / (tf + K1 * (1 - B + B * len(words) / avgdl))
         if score:
             out[key] = score
@@ -152,3 +152,35 @@ def test_per_term_bound_keeps_each_terms_highest_impact_postings(sessions, colle
     assert set(got) == {"b", "c"}
     assert got["c"] == pytest.approx(bm25(["cherry"], DOCS)["c"], rel=1e-6)
     assert got["b"] < exact["b"]  # b's cherry posting was left out by the bound
+
+
+def test_many_postings_of_common_and_rare_terms_score_exactly(sessions) -> None:
+    """Queries over 20,000 postings, common and rare terms mixed (Zipf): the top k is the exact BM25 one."""
+    import random
+
+    rng = random.Random(7)
+    vocabulary = [f"w{i:03d}" for i in range(300)]
+    weights = [1 / (i + 1) for i in range(len(vocabulary))]  # Zipf: a few words in most chunks, most in few
+    bodies = [" ".join(rng.choices(vocabulary, weights, k=60)) for _ in range(5000)]
+    analysis = SearchConfig(text_config="simple", bm25_k1=K1, bm25_b=B)
+    with sessions.begin() as s:
+        coll = store.ensure_collection(s, f"bm25-many-{next(_names)}", model="test/bm25-only", dim=8, analysis=analysis)
+    content = b"many chunks"
+    doc = store.NewDocument("many", hashlib.sha256(content).digest(), "text/plain", content, len(content), {})
+    with sessions.begin() as s:
+        [(doc_id, _)] = store.insert_documents(s, coll.id, [doc])
+    with sessions.begin() as s:
+        claim = store.claim_for_parse(s, doc_id, lease_s=60)
+        store.save_chunks(s, claim, [Chunk(i, body, 60, 1, 1) for i, body in enumerate(bodies)], page_count=1)
+    keys = {f"c{i}": body for i, body in enumerate(bodies)}
+    for query in ("w000 w001 w002 w003 w004 w005 w006 w007 w150 w210 w299", "w000 w001 w002 w003 w004 w120 w121"):
+        postings = sum(term in body.split() for term in set(query.split()) for body in bodies)
+        assert postings > 20_000
+        want = sorted(bm25(query.split(), keys).values(), reverse=True)[:10]
+        with sessions.begin() as s:
+            got = (
+                s.execute(text("SELECT rank FROM docpipe_text_search(:q, :c, 10)"), {"q": query, "c": coll.name})
+                .scalars()
+                .all()
+            )
+        assert got == pytest.approx(want, rel=1e-6)
