@@ -289,7 +289,7 @@ class Client:
         query_vec = None if mode == "text" else self.embedder(coll.model).embed_query(query)
         config = self.settings.search
         rerank_n = self.settings.rerank.candidates if rerank else 0
-        depth = candidate_depth(k, config, group_by=group_by, rerank_candidates=rerank_n)
+        depth = candidate_depth(k, config, mode=mode, group_by=group_by, rerank_candidates=rerank_n)
         fused_group = None if rerank else group_by  # a reranked list is grouped after the cross-encoder
         with self.sessions.begin() as session:
             hits = search_chunks(

@@ -130,10 +130,13 @@ def load_hits(session: Session, chunk_ids: Sequence[int]) -> dict[int, Hit]:
     }  # fmt: skip
 
 
-def candidate_depth(k: int, config: SearchConfig, *, group_by: GroupBy = None, rerank_candidates: int = 0) -> int:
-    """Chunks each side fetches: enough for `k` results (documents need several chunks each) and the reranker."""
+def candidate_depth(
+    k: int, config: SearchConfig, *, mode: SearchMode = "hybrid", group_by: GroupBy = None, rerank_candidates: int = 0
+) -> int:
+    """Chunks each side fetches: enough for `k` results (documents need several chunks each), for fusion
+    (`config.candidates`, hybrid only: one side alone needs no more than it returns) and for the reranker."""
     wanted = k * GROUP_DEPTH if group_by == "document" else k
-    return max(wanted, config.candidates, rerank_candidates)
+    return max(wanted, config.candidates if mode == "hybrid" else 0, rerank_candidates)
 
 
 def search_chunks(

@@ -86,3 +86,5 @@ def test_candidate_depth_covers_k_grouping_and_rerank() -> None:
     assert candidate_depth(500, config) == 500
     assert candidate_depth(100, config, group_by="document") == 300
     assert candidate_depth(10, config, rerank_candidates=150) == 150
+    assert candidate_depth(10, config, mode="vector") == 10  # one side alone: no fusion depth
+    assert candidate_depth(10, config, mode="text", group_by="document") == 30
