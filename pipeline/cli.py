@@ -59,8 +59,8 @@ def up(
         stack.start()
     except DocpipeError as err:
         _fail(err)
-    print(f"DATABASE_URL={stack.database_url}")
-    print(f"REDIS_URL={stack.redis_url}")
+    print(f"DATABASE_URL={stack.database_url}", flush=True)  # flushed: a pipe reader sees them now
+    print(f"REDIS_URL={stack.redis_url}", flush=True)
     console.print(f"docpipe stack up; data in {stack.settings.data_dir}, logs in {stack.log_dir}. Ctrl-C stops it.")
     stack.run_forever()
 
@@ -353,40 +353,6 @@ def evaluate(
     for r in results:
         table.add_row(r.mode, f"{r.ndcg_at_10:.4f}", f"{r.recall_at_100:.4f}", f"{r.p50_ms:.1f}", f"{r.p95_ms:.1f}")
     Console().print(table)
-
-
-@app.command()
-def doctor(
-    measure: Annotated[bool, typer.Option("--measure", help="Measure the CPU backends now (again).")] = False,
-    as_json: Annotated[bool, typer.Option("--json")] = False,
-) -> None:
-    """This machine as the embedder sees it: CPU flags, chosen backend, measured rates, cache location."""
-    from docpipe.embed.prepare import backend_report, choose
-
-    settings = _settings()
-    report = choose(settings, remeasure=True) if measure else backend_report(settings)
-    if as_json:
-        print(json.dumps(report, indent=2))
-        return
-    flags = " ".join(f for f, present in report["cpu_flags"].items() if present) or "none of interest"
-    print(f"cpu: {report['cores']} cores; flags: {flags}")
-    print(f"model: {report['model']}; backend setting: {report['configured_backend']}")
-    print(f"cache: {report['cache_dir']}")
-    if report.get("error"):
-        print(f"model not resolvable: {report['error']}")
-        return
-    chosen = report.get("chosen_backend") or "none yet (`docpipe up` or `docpipe doctor --measure` chooses)"
-    print(f"chosen backend: {chosen}\ndecision: {report['decision_file']}")
-    sample = report.get("sample") or {}
-    for name, r in (report.get("measured") or {}).items():
-        if "error" in r:
-            print(f"  {name:12s} unavailable: {r['error']}")
-            continue
-        verdict = "ok" if r["passed"] else "fails the quality check"
-        print(
-            f"  {name:12s} {r['texts_per_s']:7.1f} texts/s (~{sample.get('mean_tokens', '?')} tokens each), "
-            f"cosine to fp32 mean {r['mean_cosine']:.4f} min {r['min_cosine']:.4f}: {verdict}"
-        )
 
 
 @app.command()

@@ -26,7 +26,8 @@ def cli(env: dict[str, str], *args: str, timeout: float = 300) -> subprocess.Com
     )
 
 
-def start_up(env: dict[str, str], data_dir: Path) -> subprocess.Popen:
+def start_up(env: dict[str, str], data_dir: Path) -> tuple[subprocess.Popen, str]:
+    """`docpipe up` started, and what it printed once it was up (its URLs come last, when everything runs)."""
     proc = subprocess.Popen(
         [sys.executable, "-m", "docpipe.cli", "up"],
         env=env,
@@ -39,7 +40,13 @@ def start_up(env: dict[str, str], data_dir: Path) -> subprocess.Popen:
         assert proc.poll() is None, "docpipe up exited early"
         assert time.monotonic() < deadline, "docpipe up did not come up"
         time.sleep(0.2)
-    return proc
+    assert proc.stdout is not None
+    printed = ""
+    while "REDIS_URL=" not in printed:  # start-up is over (workers answer) only once the URLs are printed
+        line = proc.stdout.readline()
+        assert line, "docpipe up exited before printing its URLs"
+        printed += line
+    return proc, printed
 
 
 def stop_up(proc: subprocess.Popen) -> list[psutil.Process]:
@@ -56,20 +63,18 @@ def test_up_serves_other_shells_and_stops_every_child(tmp_path: Path, model_cach
         DOCPIPE_DATA_DIR=str(data_dir), DOCPIPE_MODEL_CACHE=str(model_cache), DOCPIPE_WORKER__PARSE_CONCURRENCY="1"
     )
 
-    proc = start_up(env, data_dir)
+    proc, printed = start_up(env, data_dir)
     ingest = cli(env, "ingest", str(corpus_dir / "other" / "lwn-1.html"), "--collection", "up", "--wait")
     assert ingest.returncode == 0, ingest.stderr
     assert json.loads(ingest.stdout.splitlines()[-1]) == {"ready": 1}
     children = stop_up(proc)
-    assert proc.stdout is not None
-    printed = proc.stdout.read()
     assert "DATABASE_URL=postgresql" in printed and "REDIS_URL=redis://127.0.0.1:" in printed
     assert len(children) >= 5  # postgres, broker, parse worker, embed worker, beat (and their children)
     assert not [c for c in children if c.is_running() and c.status() != psutil.STATUS_ZOMBIE]
     assert StackInfo.read(data_dir) is None
     assert cli(env, "status").returncode == 2  # no stack: a clear error, not a hang
 
-    proc = start_up(env, data_dir)  # the data survives a restart
+    proc, _ = start_up(env, data_dir)  # the data survives a restart
     try:
         status = json.loads(cli(env, "status", "--json").stdout)
         assert status["up"]["documents"] == {"ready": 1}
