@@ -8,8 +8,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from docpipe.bench.common import minilm_dir
+from docpipe.bench.random_models import build_random_cross_encoder
 from docpipe.config import Settings
-from docpipe.rerank import build_random_cross_encoder
 
 
 def bench_settings(data_dir: Path, *, model_cache: Path | None = None, reranker: Path | None = None) -> Settings:

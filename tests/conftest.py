@@ -51,7 +51,7 @@ def minilm_dir() -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_cross_encoder(tmp_path_factory: pytest.TempPathFactory, minilm_dir: Path) -> Path:
-    from docpipe.rerank import build_random_cross_encoder
+    from docpipe.bench.random_models import build_random_cross_encoder
 
     return build_random_cross_encoder(tmp_path_factory.mktemp("cross-encoder"), minilm_dir)
 

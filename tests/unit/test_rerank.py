@@ -7,8 +7,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from docpipe.bench.random_models import build_random_cross_encoder
 from docpipe.config import RerankConfig
-from docpipe.rerank import CrossEncoderReranker, Reranker, build_random_cross_encoder, load_reranker
+from docpipe.rerank import CrossEncoderReranker, Reranker, load_reranker
 
 QUERY = "how do I rotate the database password?"
 PASSAGES = [
