@@ -140,7 +140,8 @@ def hnsw_recall(session, collection: str, query_vecs: np.ndarray, k: int = 100) 
 
 
 def run(beir: BeirSet, client, *, collection: str, settings: Settings, references: bool = True) -> dict:
-    qrels, queries = beir.qrels(), beir.queries()
+    qrels = beir.qrels()
+    queries = beir.queries(qrels)
     corpus = list(beir.corpus())
     job = client.ingest_bytes(((i, as_markdown(t, x), MARKDOWN) for i, t, x in corpus), collection=collection)
     job.wait(progress=True)

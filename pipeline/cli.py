@@ -323,7 +323,8 @@ def evaluate(
         _fail(ValueError(f"unknown mode(s): {', '.join(bad)}"))
     try:
         dataset = BeirSet.open(beir_dir, split)
-        qrels, queries = dataset.qrels(), dataset.queries()
+        qrels = dataset.qrels()
+        queries = dataset.queries(qrels)
         if max_queries:
             queries = dict(list(queries.items())[:max_queries])
         name = collection or default_collection(beir_dir)

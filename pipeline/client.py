@@ -16,7 +16,7 @@ from docpipe import store
 from docpipe.config import Settings
 from docpipe.db import make_engine, make_sessionmaker, resolve_database_url
 from docpipe.errors import ConfigError
-from docpipe.loading import FileEntry, collect_files, read_document
+from docpipe.loading import FileEntry, collect_files, read_document, size_problem
 from docpipe.search import GroupBy, Hit, SearchMode, candidate_depth, group_by_document, search_chunks
 from docpipe.task_queue import TaskQueue, load_task_queue
 
@@ -182,7 +182,7 @@ class Client:
         docs = (
             store.NewDocument(
                 key, hashlib.sha256(content).digest(), media_type, content, len(content), dict(metadata or {}),
-                None if 0 < len(content) <= limit else f"document is empty or over {limit} bytes",
+                size_problem(len(content), max_bytes=limit),
             )
             for key, content, media_type in documents
         )  # fmt: skip
@@ -298,8 +298,8 @@ class Client:
             )  # fmt: skip
         if rerank and hits:
             hits = self._rerank(query, hits[:rerank_n], timeout_s=timeout_s)
-        if group_by == "document":
-            hits = group_by_document(hits)
+            if group_by == "document":
+                hits = group_by_document(hits)
         return hits[:k]
 
     def _rerank(self, query: str, hits: list[Hit], *, timeout_s: float) -> list[Hit]:

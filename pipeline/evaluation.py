@@ -67,9 +67,9 @@ class BeirSet:
                 out.setdefault(row[0], {})[row[1]] = int(row[2])
         return out
 
-    def queries(self) -> dict[str, str]:
-        """Query id → text, for the queries that have judgments in this split."""
-        judged = self.qrels()
+    def queries(self, judged: Qrels | None = None) -> dict[str, str]:
+        """Query id → text, for the queries that have judgments (`judged`, default this split's qrels)."""
+        judged = self.qrels() if judged is None else judged
         out = {}
         with open(self.root / "queries.jsonl", encoding="utf-8") as fh:
             for line in fh:

@@ -57,13 +57,16 @@ def classify(path: Path, *, max_bytes: int) -> FileEntry:
     media_type = detect_media_type(path.name, head)
     if media_type is None:
         return FileEntry(path, UNSUPPORTED, size, f"unsupported file type: {path.suffix or path.name}")
+    return FileEntry(path, media_type, size, size_problem(size, max_bytes=max_bytes))
+
+
+def size_problem(size: int, *, max_bytes: int) -> str | None:
+    """Why a document of `size` bytes is not ingested (empty, or over `max_bytes`), or None."""
     if size == 0:
-        return FileEntry(path, media_type, size, "empty file (0 bytes)")
+        return "empty file (0 bytes)"
     if size > max_bytes:
-        return FileEntry(
-            path, media_type, size, f"file is too large: {size / 2**20:.1f} MiB, limit {max_bytes / 2**20:.0f} MiB"
-        )
-    return FileEntry(path, media_type, size)
+        return f"file is too large: {size / 2**20:.1f} MiB, limit {max_bytes / 2**20:.0f} MiB"
+    return None
 
 
 def collect_files(specs: Iterable[str | Path], *, max_bytes: int) -> tuple[list[FileEntry], int]:
