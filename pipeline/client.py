@@ -12,7 +12,7 @@ from typing import Any
 
 from sqlalchemy import text
 
-from docpipe import store
+from docpipe import states, store
 from docpipe.config import Settings
 from docpipe.db import make_engine, make_sessionmaker, resolve_database_url
 from docpipe.errors import ConfigError
@@ -361,18 +361,7 @@ class Client:
     def retry_failed(self, collection: str | None = None, ids: Sequence[int] | None = None) -> int:
         """Queue failed documents again with a fresh attempt count; returns how many."""
         with self.sessions.begin() as session:
-            retried = list(
-                session.execute(
-                    text(
-                        "UPDATE documents d SET state = 'queued', attempts = 0, lease_until = NULL, "
-                        "updated_at = now() FROM collections c WHERE c.id = d.collection_id "
-                        "AND d.state = 'failed' AND octet_length(d.content) > 0 "
-                        "AND (CAST(:c AS text) IS NULL OR c.name = :c) "
-                        "AND (CAST(:ids AS bigint[]) IS NULL OR d.id = ANY(:ids)) RETURNING d.id"
-                    ),
-                    {"c": collection, "ids": list(ids) if ids is not None else None},
-                ).scalars()
-            )
+            retried = states.requeue_failed(session, collection=collection, ids=ids)
         if retried:
             self.task_queue.enqueue_parse(retried)
         return len(retried)

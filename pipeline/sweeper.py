@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from sqlalchemy import text
 from sqlalchemy.orm import Session, sessionmaker
 
+from docpipe import states
 from docpipe.config import Settings
 
 
@@ -34,26 +35,24 @@ def find_stale_work(
     max_attempts = settings.worker.max_attempts
     out = StaleWork()
     with sessions.begin() as session:
-        out.failed = session.execute(
-            text(
-                "UPDATE documents SET state = 'failed', lease_until = NULL, updated_at = now(), "
-                "last_error = coalesce(last_error || '; ', '') || "
-                "  format('gave up after %s attempts (worker died or timed out while parsing)', attempts) "
-                "WHERE state = 'parsing' AND lease_until < now() AND attempts >= :max"
-            ),
-            {"max": max_attempts},
-        ).rowcount
+        out.failed = states.fail_expired(session, max_attempts=max_attempts)
         out.parse = list(
             session.execute(
                 text(
                     "UPDATE documents SET updated_at = now() WHERE id IN ("
                     "  SELECT id FROM documents WHERE "
-                    "  (state = 'queued' AND :idle AND updated_at < now() - make_interval(secs => :grace)) "
-                    "  OR (state = 'parsing' AND lease_until < now() AND (:idle OR NOT EXISTS ("
+                    "  (state = :queued AND :idle AND updated_at < now() - make_interval(secs => :grace)) "
+                    "  OR (state = :parsing AND lease_until < now() AND (:idle OR NOT EXISTS ("
                     "      SELECT 1 FROM document_parts p WHERE p.document_id = documents.id))) "
                     "  ORDER BY id LIMIT :limit FOR UPDATE SKIP LOCKED) RETURNING id"
                 ),
-                {"grace": settings.worker.requeue_after_s, "limit": limit, "idle": parse_backlog == 0},
+                {
+                    "grace": settings.worker.requeue_after_s,
+                    "limit": limit,
+                    "idle": parse_backlog == 0,
+                    "queued": states.DocState.QUEUED,
+                    "parsing": states.DocState.PARSING,
+                },
             ).scalars()
         )
         out.embed_models = list(
@@ -65,12 +64,7 @@ def find_stale_work(
                 )
             ).scalars()
         )
-        # Documents whose last chunks were embedded by a batch that died before marking them.
-        session.execute(
-            text(
-                "UPDATE documents d SET state = 'ready', updated_at = now() WHERE d.state = 'embedding' "
-                "AND NOT EXISTS (SELECT 1 FROM embedding_queue q WHERE q.document_id = d.id)"
-            )
-        )
+    with sessions.begin() as session:  # last chunks embedded by a batch that died before marking them
+        states.embedded_to_ready(session, limit=limit)
     out.parse.sort()
     return out

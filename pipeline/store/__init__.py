@@ -5,9 +5,10 @@ conflict on unique keys, and a state only moves forward from the state the
 caller claimed.
 """
 
+from docpipe.states import FINAL
 from docpipe.store.collections import *  # noqa: F403
 from docpipe.store.documents import *  # noqa: F403
 from docpipe.store.embeddings import *  # noqa: F403
 from docpipe.store.parts import *  # noqa: F403
 
-FINAL_STATES = ("ready", "failed")  # document states no worker moves on from
+FINAL_STATES = FINAL  # document states no worker moves on from

@@ -10,6 +10,7 @@ from typing import Any
 from sqlalchemy import text
 from sqlalchemy.orm import Session
 
+from docpipe import states
 from docpipe.store.connection import raw_connection
 from docpipe.types import Chunk
 
@@ -38,61 +39,98 @@ class NewDocument:
     failed_reason: str | None = None  # stored straight as `failed` (unsupported, empty, too large)
 
 
-def existing_documents(session: Session, collection_id: int, shas: Sequence[bytes]) -> dict[bytes, int]:
-    """sha256 → id of the documents among `shas` already in the collection."""
+def existing_documents(
+    session: Session, collection_id: int, keys: Sequence[tuple[str, bytes]]
+) -> dict[tuple[str, bytes], int]:
+    """(key, sha256) → id of the versions among `keys` already in the collection."""
     rows = session.execute(
-        text("SELECT sha256, id FROM documents WHERE collection_id = :c AND sha256 = ANY(:shas)"),
-        {"c": collection_id, "shas": list(shas)},
+        text(
+            "SELECT d.source, d.sha256, d.id FROM documents d "
+            "JOIN unnest(CAST(:sources AS text[]), CAST(:shas AS bytea[])) AS k(source, sha256) "
+            "  ON d.source = k.source AND d.sha256 = k.sha256 WHERE d.collection_id = :c"
+        ),
+        {"c": collection_id, "sources": [k for k, _ in keys], "shas": [sha for _, sha in keys]},
     ).all()
-    return {bytes(r.sha256): int(r.id) for r in rows}
+    return {(r.source, bytes(r.sha256)): int(r.id) for r in rows}
+
+
+def _drop_newer_versions(session: Session, collection_id: int, known: dict[tuple[str, bytes], int]) -> None:
+    """Bytes ingested again under their key after an edit: the newer, not yet live versions are stale."""
+    if not known:
+        return
+    reverted = list(
+        session.execute(
+            text(
+                "SELECT k.id FROM documents k WHERE k.id = ANY(:ids) AND EXISTS ("
+                "  SELECT 1 FROM documents n WHERE n.collection_id = :c AND n.source = k.source AND n.id > k.id)"
+            ),
+            {"c": collection_id, "ids": list(known.values())},
+        ).scalars()
+    )
+    if reverted:
+        states.lock_keys(session, reverted)
+        session.execute(
+            text(
+                "DELETE FROM documents n USING documents k WHERE k.id = ANY(:ids) "
+                "AND n.collection_id = k.collection_id AND n.source = k.source AND n.id > k.id"
+            ),
+            {"ids": reverted},
+        )
 
 
 def insert_documents(session: Session, collection_id: int, docs: Sequence[NewDocument]) -> list[tuple[int, bool]]:
-    """Insert the documents not yet in the collection; returns (id, created) per input.
+    """Store the versions not yet in the collection; returns (id, created) per input.
 
-    Bytes already stored keep their row (created False), and so does a second
-    copy of the same bytes within `docs`; only new content crosses the wire.
+    A document is identified by its key (`source`): the same bytes under the
+    same key keep their row (created False), and only new content crosses the
+    wire. Changed bytes under a known key are a new version, live (and the
+    old one gone) once it is ready: see `docpipe.states`.
     """
     if not docs:
         return []
-    known = existing_documents(session, collection_id, [d.sha256 for d in docs])
-    new: dict[bytes, NewDocument] = {}
+    wanted = [(d.source, d.sha256) for d in docs]
+    known = existing_documents(session, collection_id, wanted)
+    _drop_newer_versions(session, collection_id, known)
+    new: dict[tuple[str, bytes], NewDocument] = {}
     for doc in docs:
-        if doc.sha256 not in known:
-            new.setdefault(doc.sha256, doc)
-    created: set[bytes] = set()
+        if (doc.source, doc.sha256) not in known:
+            new.setdefault((doc.source, doc.sha256), doc)
+    created: set[tuple[str, bytes]] = set()
     if new:
         inserted = session.execute(
             text(
                 "INSERT INTO documents (collection_id, source, sha256, media_type, size_bytes, content, metadata, "
                 "  state, last_error) "
                 "SELECT :c, source, sha256, media_type, size_bytes, content, CAST(metadata AS jsonb), "
-                "  CASE WHEN err IS NULL THEN 'queued' ELSE 'failed' END, err "
+                "  CASE WHEN err IS NULL THEN :queued ELSE :failed END, err "
                 "FROM unnest(CAST(:sources AS text[]), CAST(:shas AS bytea[]), CAST(:types AS text[]), "
                 "  CAST(:sizes AS int8[]), CAST(:contents AS bytea[]), CAST(:metas AS text[]), CAST(:errs AS text[])) "
                 "  AS t(source, sha256, media_type, size_bytes, content, metadata, err) "
-                "ON CONFLICT (collection_id, sha256) DO NOTHING RETURNING sha256, id"
+                "ON CONFLICT (collection_id, source, sha256) DO NOTHING RETURNING source, sha256, id"
             ),
             {
                 "c": collection_id,
                 "sources": [d.source for d in new.values()],
-                "shas": list(new),
+                "shas": [d.sha256 for d in new.values()],
                 "types": [d.media_type for d in new.values()],
                 "sizes": [d.size_bytes for d in new.values()],
                 "contents": [d.content for d in new.values()],
                 "metas": [json.dumps(d.metadata) for d in new.values()],
                 "errs": [d.failed_reason for d in new.values()],
+                "queued": states.initial_state(None),
+                "failed": states.initial_state("refused"),
             },
         ).all()
         for row in inserted:
-            known[bytes(row.sha256)] = int(row.id)
-            created.add(bytes(row.sha256))
-        if lost := [sha for sha in new if sha not in known]:  # a concurrent ingest stored them first
+            key = (row.source, bytes(row.sha256))
+            known[key] = int(row.id)
+            created.add(key)
+        if lost := [key for key in new if key not in known]:  # a concurrent ingest stored them first
             known.update(existing_documents(session, collection_id, lost))
     out: list[tuple[int, bool]] = []
-    for doc in docs:
-        out.append((known[doc.sha256], doc.sha256 in created))
-        created.discard(doc.sha256)  # a second copy in `docs` is not new
+    for key in wanted:
+        out.append((known[key], key in created))
+        created.discard(key)  # a second copy in `docs` is not new
     return out
 
 
@@ -110,18 +148,7 @@ class ClaimedDocument:
 
 def claim_for_parse(session: Session, document_id: int, *, lease_s: int) -> ClaimedDocument | None:
     """Move a queued (or lease-expired parsing) document to `parsing`; None when not ours to parse."""
-    row = session.execute(
-        text(
-            "UPDATE documents d SET state = 'parsing', attempts = attempts + 1, "
-            "lease_until = now() + make_interval(secs => :lease), updated_at = now() "
-            "FROM collections c "
-            "WHERE d.id = :id AND c.id = d.collection_id AND (d.state = 'queued' "
-            "   OR (d.state = 'parsing' AND d.lease_until < now())) "
-            "RETURNING d.id, d.collection_id, d.source, d.media_type, d.content, d.attempts, "
-            "   c.model_id, (SELECT name FROM embedding_models WHERE id = c.model_id) AS model"
-        ),
-        {"id": document_id, "lease": lease_s},
-    ).first()
+    row = states.claim_for_parse(session, document_id, lease_s=lease_s)
     if row is None:
         return None
     return ClaimedDocument(
@@ -131,8 +158,7 @@ def claim_for_parse(session: Session, document_id: int, *, lease_s: int) -> Clai
 
 def still_claimed(session: Session, doc: ClaimedDocument) -> bool:
     """Lock the document row; True while this claim (its attempt number is the fencing token) holds it."""
-    row = session.execute(text("SELECT state, attempts FROM documents WHERE id = :d FOR UPDATE"), {"d": doc.id}).first()
-    return row is not None and row.state == "parsing" and row.attempts == doc.attempts
+    return states.holds_claim(session, doc.id, doc.attempts)
 
 
 def save_chunks(
@@ -140,9 +166,10 @@ def save_chunks(
 ) -> str | None:
     """Replace the document's chunks and queue them for embedding; returns the new state.
 
-    None when the claim was lost (lease expired and another worker took over):
-    nothing is written, the newer claim wins.
+    None when the claim was lost (lease expired and another worker took over,
+    or the document was deleted or replaced): nothing is written.
     """
+    states.lock_keys(session, [doc.id])  # before the row lock, like every version change of a key
     if not still_claimed(session, doc):
         return None
     session.execute(text("DELETE FROM chunks WHERE document_id = :d"), {"d": doc.id})
@@ -151,11 +178,12 @@ def save_chunks(
         with (
             raw_connection(session).cursor() as cur,
             cur.copy(
-                "COPY chunks (document_id, ordinal, text, context, token_count, page_start, page_end, heading_path) "
+                "COPY chunks (document_id, ordinal, text, context, token_count, page_start, page_end, heading_path, "
+                "ocr_confidence) "
                 "FROM STDIN WITH (FORMAT BINARY)"
             ) as copy,
         ):
-            copy.set_types(["int8", "int4", "text", "text", "int4", "int4", "int4", "text[]"])
+            copy.set_types(["int8", "int4", "text", "text", "int4", "int4", "int4", "text[]", "float4"])
             for c in chunks:
                 copy.write_row(
                     (
@@ -167,6 +195,7 @@ def save_chunks(
                         c.page_start,
                         c.page_end,
                         list(c.heading_path),
+                        c.ocr_confidence,
                     )
                 )
         session.execute(
@@ -177,38 +206,17 @@ def save_chunks(
             ),
             {"m": doc.model_id, "d": doc.id},
         )
-    state = "embedding" if chunks else "ready"
-    session.execute(
-        text(
-            "UPDATE documents SET state = :s, page_count = :p, chunk_count = :n, lease_until = NULL, title = :t, "
-            "last_error = CASE WHEN :n = 0 THEN 'no text found (scanned, image-only or empty document)' END, "
-            "updated_at = now() WHERE id = :d"
-        ),
-        {"s": state, "p": page_count, "n": len(chunks), "d": doc.id, "t": title},
-    )
-    return state
-
-
-def _end_claim(session: Session, doc: ClaimedDocument, state: str, reason: str) -> None:
-    """Move a document this claim still holds to `state` with `reason`; drop its page-range parts."""
-    if still_claimed(session, doc):
-        session.execute(
-            text(
-                "UPDATE documents SET state = :s, last_error = :r, lease_until = NULL, updated_at = now() WHERE id = :d"
-            ),
-            {"d": doc.id, "s": state, "r": reason[:2000]},
-        )
-        session.execute(text("DELETE FROM document_parts WHERE document_id = :d"), {"d": doc.id})
+    return states.finish_parse(session, doc.id, chunks=len(chunks), page_count=page_count, title=title)
 
 
 def fail_document(session: Session, doc: ClaimedDocument, reason: str) -> None:
     """Fail a document this claim still holds; `reason` is what the user sees."""
-    _end_claim(session, doc, "failed", reason)
+    states.fail_claimed(session, doc.id, doc.attempts, reason)
 
 
 def release_for_retry(session: Session, doc: ClaimedDocument, reason: str) -> None:
     """Put a document this claim holds back to `queued` after a transient error, keeping the reason."""
-    _end_claim(session, doc, "queued", reason)
+    states.release_claimed(session, doc.id, doc.attempts, reason)
 
 
 def state_counts(session: Session, document_ids: Sequence[int]) -> dict[str, int]:

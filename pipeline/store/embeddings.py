@@ -9,6 +9,7 @@ import numpy as np
 from sqlalchemy import text
 from sqlalchemy.orm import Session
 
+from docpipe import states
 from docpipe.chunk_context import embedded_text
 from docpipe.store.connection import raw_connection
 
@@ -97,15 +98,5 @@ def write_embeddings(session: Session, model_id: int, chunk_ids: Sequence[int], 
 
 
 def mark_ready(session: Session, document_ids: Sequence[int]) -> int:
-    """Documents in `embedding` with nothing left in the queue become `ready`."""
-    if not document_ids:
-        return 0
-    result = session.execute(
-        text(
-            "UPDATE documents d SET state = 'ready', last_error = NULL, updated_at = now() "
-            "WHERE d.id = ANY(:ids) AND d.state = 'embedding' "
-            "AND NOT EXISTS (SELECT 1 FROM embedding_queue q WHERE q.document_id = d.id)"
-        ),
-        {"ids": list(document_ids)},
-    )
-    return int(result.rowcount or 0)
+    """Documents in `embedding` with nothing left in the queue become `ready` (see `docpipe.states`)."""
+    return states.mark_ready(session, document_ids)

@@ -132,6 +132,9 @@ def test_text_search_prefers_all_words_then_fills_with_any(sessions, collection)
         doc = store.claim_for_parse(s, doc_id, lease_s=60)
         texts = ["the lighthouse keeper wrote", "a keeper of bees", "the lighthouse at night", "nothing here"]
         store.save_chunks(s, doc, [Chunk(i, t, 5, 1, 1) for i, t in enumerate(texts)], page_count=1)
+        # only ready versions are searchable: finish the document without vectors (keyword side only)
+        s.execute(text("DELETE FROM embedding_queue WHERE document_id = :d"), {"d": doc_id})
+        assert store.mark_ready(s, [doc_id]) == 1
     with sessions.begin() as s:
         found = (
             s.execute(

@@ -1,0 +1,244 @@
+"""Document states and every transition between them: the one module that writes `documents.state`.
+
+A document row is one version of a source key in a collection:
+
+    queued → parsing → embedding → ready      (failed from parsing, or at ingest)
+       ↑        │ lease expired / retryable
+       └────────┘
+
+Only `ready` versions are searchable. When a version becomes `ready`, the
+same transaction deletes every older version of its key (`promote`), so a
+search sees the old version or the new one, never both and never neither; a
+version that fails leaves the live one in place. Versions are serialised per
+key by a transaction-level advisory lock taken before any row lock.
+
+Callers (store, sweeper, client, parse stage) own the session and the
+transaction; every function here is one conditional statement (or a few
+under one lock), so a late or duplicated worker write changes nothing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from enum import StrEnum
+from typing import Any
+
+from sqlalchemy import text
+from sqlalchemy.orm import Session
+
+__all__ = [
+    "ACTIVE",
+    "FINAL",
+    "NO_TEXT_REASON",
+    "DocState",
+    "claim_for_parse",
+    "embedded_to_ready",
+    "fail_claimed",
+    "fail_expired",
+    "finish_parse",
+    "holds_claim",
+    "initial_state",
+    "lock_keys",
+    "mark_ready",
+    "promote",
+    "release_claimed",
+    "requeue_failed",
+]
+
+
+class DocState(StrEnum):
+    """A document version's place in the pipeline."""
+
+    QUEUED = "queued"  # stored, waiting for a parse worker
+    PARSING = "parsing"  # claimed by a parse worker under a lease (`attempts` is the fencing token)
+    EMBEDDING = "embedding"  # chunks stored, vectors pending in `embedding_queue`
+    READY = "ready"  # live: searchable (or no searchable text, see `NO_TEXT_REASON`)
+    FAILED = "failed"  # gave up, with a reason the user sees in `last_error`
+
+
+ACTIVE = (DocState.QUEUED, DocState.PARSING, DocState.EMBEDDING)  # a worker will move it on
+FINAL = (DocState.READY, DocState.FAILED)  # no worker moves it on
+NO_TEXT_REASON = "no text found (scanned, image-only or empty document)"  # a `ready` version without chunks
+ADVISORY_NAMESPACE = 0x0D0C  # first key of pg_advisory_xact_lock(int, int): docpipe's source keys
+
+
+def initial_state(failed_reason: str | None) -> DocState:
+    """State a version is stored in: `failed` when it is refused at ingest (unsupported, empty, too large)."""
+    return DocState.QUEUED if failed_reason is None else DocState.FAILED
+
+
+def lock_keys(session: Session, document_ids: Sequence[int]) -> None:
+    """Serialise version changes of these documents' keys until the transaction ends (hash order: no deadlock)."""
+    if document_ids:
+        session.execute(
+            text(
+                "SELECT pg_advisory_xact_lock(:ns, h) FROM ("
+                "  SELECT DISTINCT hashtext(collection_id::text || '/' || source) AS h "
+                "  FROM documents WHERE id = ANY(:ids) ORDER BY h) k"
+            ),
+            {"ns": ADVISORY_NAMESPACE, "ids": list(document_ids)},
+        )
+
+
+def lock_source_keys(session: Session, collection_id: int, sources: Sequence[str]) -> None:
+    """`lock_keys` for keys that may have no row yet (ingest of a new version)."""
+    if sources:
+        session.execute(
+            text(
+                "SELECT pg_advisory_xact_lock(:ns, h) FROM ("
+                "  SELECT DISTINCT hashtext(CAST(:c AS text) || '/' || s) AS h FROM unnest(CAST(:s AS text[])) s "
+                "  ORDER BY h) k"
+            ),
+            {"ns": ADVISORY_NAMESPACE, "c": str(collection_id), "s": list(sources)},
+        )
+
+
+def promote(session: Session, document_ids: Sequence[int]) -> list[int]:
+    """Delete every version older than the newest `ready` one of these documents' keys; the deleted ids.
+
+    Call with the keys locked (`lock_keys`) in the transaction that made a version ready.
+    """
+    if not document_ids:
+        return []
+    return list(
+        session.execute(
+            text(
+                "DELETE FROM documents o USING ("
+                "  SELECT v.collection_id, v.source, max(v.id) AS live FROM documents v "
+                "  JOIN documents d ON d.collection_id = v.collection_id AND d.source = v.source "
+                "  WHERE d.id = ANY(:ids) AND v.state = :ready GROUP BY v.collection_id, v.source) n "
+                "WHERE o.collection_id = n.collection_id AND o.source = n.source AND o.id < n.live "
+                "RETURNING o.id"
+            ),
+            {"ids": list(document_ids), "ready": DocState.READY},
+        ).scalars()
+    )
+
+
+def claim_for_parse(session: Session, document_id: int, *, lease_s: int) -> Any | None:
+    """queued (or parsing with an expired lease) → parsing, attempts + 1; the row, or None when not ours."""
+    return session.execute(
+        text(
+            "UPDATE documents d SET state = :parsing, attempts = attempts + 1, "
+            "lease_until = now() + make_interval(secs => :lease), updated_at = now() "
+            "FROM collections c "
+            "WHERE d.id = :id AND c.id = d.collection_id AND (d.state = :queued "
+            "   OR (d.state = :parsing AND d.lease_until < now())) "
+            "RETURNING d.id, d.collection_id, d.source, d.media_type, d.content, d.attempts, "
+            "   c.model_id, (SELECT name FROM embedding_models WHERE id = c.model_id) AS model"
+        ),
+        {"id": document_id, "lease": lease_s, "parsing": DocState.PARSING, "queued": DocState.QUEUED},
+    ).first()
+
+
+def holds_claim(session: Session, document_id: int, attempt: int) -> bool:
+    """Lock the row; True while claim `attempt` still holds it (False when superseded or deleted)."""
+    row = session.execute(
+        text("SELECT state, attempts FROM documents WHERE id = :d FOR UPDATE"), {"d": document_id}
+    ).first()
+    return row is not None and row.state == DocState.PARSING and row.attempts == attempt
+
+
+def finish_parse(session: Session, document_id: int, *, chunks: int, page_count: int, title: str | None) -> DocState:
+    """parsing → embedding (chunks queued) or → ready without text.
+
+    The caller holds the claim and locked the key first (`lock_keys`, then `holds_claim`).
+    """
+    state = DocState.EMBEDDING if chunks else DocState.READY
+    session.execute(
+        text(
+            "UPDATE documents SET state = :s, page_count = :p, chunk_count = :n, lease_until = NULL, title = :t, "
+            "last_error = CASE WHEN :n = 0 THEN CAST(:why AS text) END, updated_at = now() WHERE id = :d"
+        ),
+        {"s": state, "p": page_count, "n": chunks, "d": document_id, "t": title, "why": NO_TEXT_REASON},
+    )
+    if state is DocState.READY:
+        promote(session, [document_id])
+    return state
+
+
+def _end_claim(session: Session, document_id: int, attempt: int, state: DocState, reason: str) -> bool:
+    if not holds_claim(session, document_id, attempt):
+        return False
+    session.execute(
+        text("UPDATE documents SET state = :s, last_error = :r, lease_until = NULL, updated_at = now() WHERE id = :d"),
+        {"d": document_id, "s": state, "r": reason[:2000]},
+    )
+    session.execute(text("DELETE FROM document_parts WHERE document_id = :d"), {"d": document_id})
+    return True
+
+
+def fail_claimed(session: Session, document_id: int, attempt: int, reason: str) -> bool:
+    """parsing → failed under claim `attempt`; `reason` is what the user sees. False: claim lost."""
+    return _end_claim(session, document_id, attempt, DocState.FAILED, reason)
+
+
+def release_claimed(session: Session, document_id: int, attempt: int, reason: str) -> bool:
+    """parsing → queued after a transient error under claim `attempt`, keeping the reason. False: claim lost."""
+    return _end_claim(session, document_id, attempt, DocState.QUEUED, reason)
+
+
+def mark_ready(session: Session, document_ids: Sequence[int]) -> int:
+    """embedding → ready for those with nothing left in the embed queue, replacing older versions; how many."""
+    if not document_ids:
+        return 0
+    lock_keys(session, document_ids)
+    ready = list(
+        session.execute(
+            text(
+                "UPDATE documents d SET state = :ready, last_error = NULL, updated_at = now() "
+                "WHERE d.id = ANY(:ids) AND d.state = :embedding "
+                "AND NOT EXISTS (SELECT 1 FROM embedding_queue q WHERE q.document_id = d.id) RETURNING d.id"
+            ),
+            {"ids": list(document_ids), "ready": DocState.READY, "embedding": DocState.EMBEDDING},
+        ).scalars()
+    )
+    promote(session, ready)
+    return len(ready)
+
+
+def embedded_to_ready(session: Session, *, limit: int = 10_000) -> int:
+    """The sweeper's half of `mark_ready`: documents whose last vectors were written by a batch that died."""
+    ids = session.execute(
+        text(
+            "SELECT d.id FROM documents d WHERE d.state = :embedding "
+            "AND NOT EXISTS (SELECT 1 FROM embedding_queue q WHERE q.document_id = d.id) ORDER BY d.id LIMIT :l"
+        ),
+        {"embedding": DocState.EMBEDDING, "l": limit},
+    ).scalars()
+    return mark_ready(session, list(ids))
+
+
+def fail_expired(session: Session, *, max_attempts: int) -> int:
+    """parsing (lease expired, attempts used up) → failed; how many."""
+    result = session.execute(
+        text(
+            "UPDATE documents SET state = :failed, lease_until = NULL, updated_at = now(), "
+            "last_error = coalesce(last_error || '; ', '') || "
+            "  format('gave up after %s attempts (worker died or timed out while parsing)', attempts) "
+            "WHERE state = :parsing AND lease_until < now() AND attempts >= :max"
+        ),
+        {"max": max_attempts, "failed": DocState.FAILED, "parsing": DocState.PARSING},
+    )
+    return int(result.rowcount or 0)
+
+
+def requeue_failed(session: Session, *, collection: str | None, ids: Sequence[int] | None) -> list[int]:
+    """failed → queued with a fresh attempt count (documents refused at ingest keep no bytes: they stay)."""
+    return list(
+        session.execute(
+            text(
+                "UPDATE documents d SET state = :queued, attempts = 0, lease_until = NULL, "
+                "updated_at = now() FROM collections c WHERE c.id = d.collection_id "
+                "AND d.state = :failed AND octet_length(d.content) > 0 "
+                "AND (CAST(:c AS text) IS NULL OR c.name = :c) "
+                "AND (CAST(:ids AS bigint[]) IS NULL OR d.id = ANY(:ids)) RETURNING d.id"
+            ),
+            {
+                "c": collection,
+                "ids": list(ids) if ids is not None else None,
+                "queued": DocState.QUEUED,
+                "failed": DocState.FAILED,
+            },
+        ).scalars()
+    )
