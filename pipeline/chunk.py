@@ -217,9 +217,12 @@ class _TokenStream:
         return _SEPARATOR.join(parts)
 
     def chunk(self, ordinal: int, piece: _Piece) -> Chunk:
-        """The `Chunk` for a planned piece: pages of all its text, heading path of its own first block."""
-        pages = [block.page for block in self.blocks[self.block_of(piece.start) : self.block_of(piece.end - 1) + 1]]
+        """The `Chunk` for a planned piece: pages of all its text, heading path of its own first block,
+        and the OCR confidence of its OCR'd blocks (mean weighted by their tokens in the piece)."""
+        spanned = range(self.block_of(piece.start), self.block_of(piece.end - 1) + 1)
+        pages = [self.blocks[j].page for j in spanned]
         return Chunk(
+            ocr_confidence=self._ocr_confidence(spanned, piece),
             ordinal=ordinal,
             text=piece.text,
             token_count=piece.token_count,
@@ -227,6 +230,16 @@ class _TokenStream:
             page_end=max(pages),
             heading_path=self.blocks[self.block_of(piece.content)].heading_path,
         )
+
+    def _ocr_confidence(self, spanned: range, piece: _Piece) -> float | None:
+        weighted = tokens = 0.0
+        for j in spanned:
+            confidence = self.blocks[j].ocr_confidence
+            if confidence is not None:
+                count = min(piece.end, self.base[j + 1]) - max(piece.start, self.base[j])
+                weighted += confidence * count
+                tokens += count
+        return round(weighted / tokens, 4) if tokens else None
 
     def body_tokens(self, start: int, block_start: int) -> int:
         """Non-heading tokens in [start, block_start), where a block starts at token `block_start`."""

@@ -8,6 +8,7 @@ a chunk deep in a section still matches queries about what it is part of.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import replace
 from typing import TYPE_CHECKING
 
 from docpipe.types import Chunk
@@ -80,7 +81,7 @@ def with_headers(
     embedded = [embedded_text(c, chunk.text) for c, chunk in zip(contexts, chunks, strict=True)]
     counts = [len(e.ids) for e in tokenizer.encode_batch(embedded, add_special_tokens=False)]
     return [
-        Chunk(c.ordinal, c.text, n, c.page_start, c.page_end, c.heading_path, context)
+        replace(c, token_count=n, context=context)
         for c, context, n in zip(chunks, contexts, counts, strict=True)
     ]
 

@@ -42,6 +42,18 @@ class ParseLimits(BaseModel):
     split_pages: int = 64  # PDFs longer than this many pages are parsed in ranges of it, in parallel tasks; 0: never
 
 
+class OcrConfig(BaseModel):
+    """Reading text that is only in the pixels: scanned PDF pages and images (README, "OCR")."""
+
+    mode: Literal["auto", "off", "force"] = "auto"  # auto: pages without a usable text layer; force: every page
+    dpi: int = Field(default=200, ge=72, le=600)  # render resolution, dots per inch (10-pt text ~28 px high)
+    page_timeout_s: float = Field(default=25.0, gt=0)  # wall seconds to render and read one page
+    max_pages: int = Field(default=500, ge=0)  # only pages 1..max_pages of a document are OCR'd
+    split_pages: int = Field(default=4, ge=1)  # scanned PDFs are parsed in ranges of this many pages (< timeout)
+    threads: int = Field(default=1, ge=1)  # onnxruntime threads per parse process (parse processes run in parallel)
+    device: Device = "auto"  # auto: onnxruntime's CUDA provider when installed (onnxruntime-gpu), else CPU
+
+
 class TokenChunker(BaseModel):
     """Token-aware chunking with the embedding model's own tokenizer."""
 
@@ -119,6 +131,7 @@ class Settings(BaseSettings):
     default_collection: str = "default"
 
     parse: ParseLimits = ParseLimits()
+    ocr: OcrConfig = OcrConfig()
     chunk: TokenChunker = TokenChunker()
     embed: EmbedConfig = EmbedConfig()
     search: SearchConfig = SearchConfig()

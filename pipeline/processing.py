@@ -48,9 +48,18 @@ def _save(
     return ParseOutcome(doc.id, state, model=doc.model, chunks=len(chunks))
 
 
-def page_ranges(page_count: int, size: int) -> list[tuple[int, int]]:
-    """1-based inclusive ranges of `size` pages covering pages size+1..page_count."""
-    return [(start, min(start + size - 1, page_count)) for start in range(size + 1, page_count + 1, size)]
+def page_ranges(page_count: int, size: int, first: int | None = None) -> list[tuple[int, int]]:
+    """1-based inclusive ranges of `size` pages covering pages `first` (default size+1)..page_count."""
+    first = size + 1 if first is None else first
+    return [(start, min(start + size - 1, page_count)) for start in range(first, page_count + 1, size)]
+
+
+def _rest_of(parsed: ParsedDocument, settings: Settings) -> list[tuple[int, int]]:
+    """Page ranges still to parse after the first request: scans (the first range stopped at its
+    OCR budget) go in ranges of `ocr.split_pages`, text PDFs in ranges of `parse.split_pages`."""
+    if parsed.parsed_to is not None:
+        return page_ranges(parsed.page_count, settings.ocr.split_pages, first=parsed.parsed_to + 1)
+    return page_ranges(parsed.page_count, settings.parse.split_pages)
 
 
 def parse_document(
@@ -76,10 +85,13 @@ def parse_document(
         return ParseOutcome(document_id, "skipped")
     split = settings.parse.split_pages
     splittable = split > 0 and normalize_media_type(doc.media_type) == PDF
+    budget = settings.ocr.split_pages if splittable and settings.ocr.mode != "off" else None
     try:
-        parsed = parser.parse(doc.content, with_page_range(PDF, 1, split) if splittable else doc.media_type)
-        if splittable and parsed.page_count > split:
-            ranges = page_ranges(parsed.page_count, split)
+        parsed = parser.parse(
+            doc.content, with_page_range(PDF, 1, split) if splittable else doc.media_type, ocr_budget=budget
+        )
+        ranges = _rest_of(parsed, settings) if splittable else []
+        if ranges:
             with sessions.begin() as session:
                 kept = store.split_into_parts(session, doc, parsed.blocks, ranges, page_count=parsed.page_count,
                                               lease_s=settings.worker.lease_s)  # fmt: skip

@@ -43,6 +43,8 @@ class Hit:
     heading_path: list[str] = field(default_factory=list)
     context: str = ""  # the title and heading path embedded and indexed with the text
     bm25: float | None = None  # BM25 score, when the keyword side found it
+    ocr: bool = False  # some of the text was read from page images by OCR
+    ocr_confidence: float | None = None  # mean OCR recognition confidence of that text, 0..1
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -116,15 +118,15 @@ def load_hits(session: Session, chunk_ids: Sequence[int]) -> dict[int, Hit]:
     """Chunk id → Hit with text, source, pages and context (score 0 until the caller sets it)."""
     rows = session.execute(
         text(
-            "SELECT ch.id, ch.document_id, ch.text, d.source, ch.page_start, ch.page_end, ch.heading_path, ch.context "
-            "FROM chunks ch JOIN documents d ON d.id = ch.document_id WHERE ch.id = ANY(:ids)"
+            "SELECT ch.id, ch.document_id, ch.text, d.source, ch.page_start, ch.page_end, ch.heading_path, ch.context, "
+            "ch.ocr, ch.ocr_confidence FROM chunks ch JOIN documents d ON d.id = ch.document_id WHERE ch.id = ANY(:ids)"
         ),
         {"ids": list(chunk_ids)},
     ).all()
     return {
         r.id: Hit(
             r.id, r.document_id, r.text, r.source, r.page_start, r.page_end, score=0.0,
-            heading_path=list(r.heading_path), context=r.context,
+            heading_path=list(r.heading_path), context=r.context, ocr=r.ocr, ocr_confidence=r.ocr_confidence,
         )
         for r in rows
     }  # fmt: skip

@@ -18,6 +18,7 @@ class Block:
     page: int  # 1-based page number; 1 for formats without pages
     heading_path: tuple[str, ...] = ()
     is_heading: bool = False
+    ocr_confidence: float | None = None  # mean recognition confidence 0..1 when OCR read it; None: text layer
 
 
 @dataclass(slots=True)
@@ -28,6 +29,7 @@ class ParsedDocument:
     page_count: int
     title: str | None = None
     warnings: list[str] = field(default_factory=list)
+    parsed_to: int | None = None  # last page parsed when a page range stopped early (OCR budget); None: all of it
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,3 +43,9 @@ class Chunk:
     page_end: int
     heading_path: tuple[str, ...] = ()
     context: str = ""  # document title and heading path, embedded and keyword-indexed with `text`
+    ocr_confidence: float | None = None  # mean OCR confidence of its OCR'd text, 0..1; None: no OCR'd text
+
+    @property
+    def ocr(self) -> bool:
+        """True when some of the chunk's text was read from page images."""
+        return self.ocr_confidence is not None

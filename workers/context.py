@@ -38,7 +38,7 @@ class WorkerContext:
 
         if self.settings.worker.parse_nice > 0:
             os.nice(self.settings.worker.parse_nice)
-        return SandboxedParser(self.settings.parse)
+        return SandboxedParser(self.settings.parse, ocr=self.settings.ocr)
 
     def drain_gate(self, model: str) -> DrainGate:
         with self._model_lock:

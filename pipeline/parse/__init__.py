@@ -8,11 +8,13 @@ Format parsers are imported on first use, so importing this package stays cheap.
 from __future__ import annotations
 
 import importlib
+from typing import TYPE_CHECKING
 
 from docpipe.errors import EmptyDocument, UnsupportedType
 from docpipe.parse.media import (
     DOCX,
     HTML,
+    IMAGES,
     MARKDOWN,
     PDF,
     SUPPORTED_MEDIA_TYPES,
@@ -24,6 +26,9 @@ from docpipe.parse.media import (
 )
 from docpipe.parse.sandbox import SandboxedParser
 from docpipe.types import ParsedDocument
+
+if TYPE_CHECKING:
+    from docpipe.config import OcrConfig
 
 __all__ = [
     "PDF",
@@ -41,11 +46,17 @@ _PARSERS = {  # media type -> (module, function); the function takes (data) or (
     MARKDOWN: ("docpipe.parse.text", "parse_markdown"),
     HTML: ("docpipe.parse.html", "parse_html"),
     DOCX: ("docpipe.parse.docx", "parse_docx"),
+    **{image: ("docpipe.parse.image", "parse_image") for image in IMAGES},
 }
 
 
-def parse_bytes(data: bytes, media_type: str, *, max_pages: int) -> ParsedDocument:
-    """Parse ``data`` in this process; ``max_pages`` (pages) applies to paged formats."""
+def parse_bytes(
+    data: bytes, media_type: str, *, max_pages: int, ocr: OcrConfig | None = None, ocr_budget: int | None = None
+) -> ParsedDocument:
+    """Parse ``data`` in this process; ``max_pages`` (pages) applies to paged formats.
+
+    ``ocr`` (None: off) reads scanned PDF pages and images; ``ocr_budget`` (pages) stops a PDF
+    range before it would OCR more pages than that (see ``parse_pdf``)."""
     kind = normalize_media_type(media_type)
     if kind not in _PARSERS:
         raise UnsupportedType(f"unsupported media type: {media_type or '(none)'}")
@@ -54,7 +65,9 @@ def parse_bytes(data: bytes, media_type: str, *, max_pages: int) -> ParsedDocume
     module, function = _PARSERS[kind]
     parse = getattr(importlib.import_module(module), function)
     if kind == PDF:
-        return parse(data, max_pages=max_pages, pages=page_range(media_type))
+        return parse(data, max_pages=max_pages, pages=page_range(media_type), ocr=ocr, ocr_budget=ocr_budget)
+    if kind in IMAGES:
+        return parse(data, max_pages=max_pages, ocr=ocr)
     return parse(data)
 
 
@@ -62,3 +75,4 @@ def preload_parsers() -> None:
     """Import every format parser now (the sandbox child pays pymupdf's ~1 s import once)."""
     for module, _ in _PARSERS.values():
         importlib.import_module(module)
+    importlib.import_module("rapidocr_onnxruntime")  # ~0.4 s per forked OCR helper otherwise (models load there)

@@ -16,6 +16,7 @@ import sys
 import time
 from typing import Any
 
+from docpipe.config import OcrConfig
 from docpipe.errors import DocpipeError
 from docpipe.parse import parse_bytes, preload_parsers
 from docpipe.parse.protocol import OUT_OF_MEMORY, document_to_json, encode_json, frame, read_frame, write_all
@@ -55,7 +56,10 @@ def handle(header: dict[str, Any], data: bytes) -> dict[str, Any]:
     media_type = str(header["media_type"])
     try:
         media_type = _run_test_hook(media_type)
-        doc = parse_bytes(data, media_type, max_pages=int(header["max_pages"]))
+        ocr = OcrConfig.model_validate(header["ocr"]) if header.get("ocr") else None
+        doc = parse_bytes(
+            data, media_type, max_pages=int(header["max_pages"]), ocr=ocr, ocr_budget=header.get("ocr_budget")
+        )
     except DocpipeError as err:
         return {"error": type(err).__name__, "message": str(err)}
     except MemoryError:

@@ -10,7 +10,13 @@ MARKDOWN = "text/markdown"
 HTML = "text/html"
 DOCX = "application/vnd.openxmlformats-officedocument.wordprocessingml.document"
 
-SUPPORTED_MEDIA_TYPES: frozenset[str] = frozenset({PDF, TEXT, MARKDOWN, HTML, DOCX})
+PNG = "image/png"
+JPEG = "image/jpeg"
+TIFF = "image/tiff"
+WEBP = "image/webp"
+IMAGES: frozenset[str] = frozenset({PNG, JPEG, TIFF, WEBP})  # read by OCR
+
+SUPPORTED_MEDIA_TYPES: frozenset[str] = frozenset({PDF, TEXT, MARKDOWN, HTML, DOCX, *IMAGES})
 
 _BY_EXTENSION = {
     ".pdf": PDF,
@@ -21,7 +27,14 @@ _BY_EXTENSION = {
     ".html": HTML,
     ".htm": HTML,
     ".docx": DOCX,
+    ".png": PNG,
+    ".jpg": JPEG,
+    ".jpeg": JPEG,
+    ".tif": TIFF,
+    ".tiff": TIFF,
+    ".webp": WEBP,
 }
+_IMAGE_MAGIC = ((b"\x89PNG\r\n\x1a\n", PNG), (b"\xff\xd8\xff", JPEG), (b"II*\x00", TIFF), (b"MM\x00*", TIFF))
 _PDF_MAGIC_WITHIN = 1024  # bytes; MuPDF (like Acrobat) accepts junk before "%PDF"
 _ZIP_MAGIC = b"PK\x03\x04"
 
@@ -46,6 +59,14 @@ def with_page_range(media_type: str, first: int, last: int) -> str:
     return f"{normalize_media_type(media_type)}; pages={first}-{last}"
 
 
+def image_type(head: bytes) -> str | None:
+    """The image media type from the first bytes of a file (WebP: a RIFF container of kind WEBP)."""
+    for magic, media_type in _IMAGE_MAGIC:
+        if head.startswith(magic):
+            return media_type
+    return WEBP if head[:4] == b"RIFF" and head[8:12] == b"WEBP" else None
+
+
 def detect_media_type(name: str, head: bytes) -> str | None:
     """The media type from magic bytes in ``head`` (the file's first few KiB), else from the
     extension of ``name``; None when docpipe has no parser for it."""
@@ -53,6 +74,8 @@ def detect_media_type(name: str, head: bytes) -> str | None:
         return PDF
     if head.startswith(_ZIP_MAGIC) and b"word/" in head:
         return DOCX
+    if image := image_type(head):
+        return image
     by_name = _BY_EXTENSION.get(PurePosixPath(name.replace("\\", "/")).suffix.lower())
     if by_name:
         return by_name

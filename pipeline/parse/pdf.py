@@ -2,11 +2,15 @@
 
 Only cheap calls are used (``get_text("blocks")`` and ``get_toc()``): ``get_text("dict")``,
 ``get_pixmap``, ``find_tables`` and ``pymupdf4llm`` can run for minutes on some real files.
+Pages without a usable text layer (``page_decision``) are rendered and read by OCR in a forked
+helper under a per-page time limit (``ocr_pages``).
 """
 
 from __future__ import annotations
 
 import re
+from dataclasses import replace
+from typing import TYPE_CHECKING
 
 import pymupdf
 
@@ -19,7 +23,15 @@ from docpipe.parse.common import (
     tidy_lines,
     truncate_warnings,
 )
+from docpipe.parse.ocr import MAX_SIDE_PX
+from docpipe.parse.ocr_pages import read_pages
+from docpipe.parse.page_decision import ocr_reason, page_facts
 from docpipe.types import Block, ParsedDocument
+
+if TYPE_CHECKING:
+    import numpy as np
+
+    from docpipe.config import OcrConfig
 
 NO_TEXT_LAYER = "no text layer (scanned or image-only)"
 _NUMBERING = re.compile(r"^(?:\d+(?:\.\d+)*\.?|[IVXLC]+\.)\s+")  # "1.2 ", "3. ", "IV. "
@@ -118,11 +130,49 @@ def _outline(doc: pymupdf.Document, warnings: list[str]) -> _Outline:
         return _Outline([])
 
 
-def parse_pdf(data: bytes, *, max_pages: int, pages: tuple[int, int] | None = None) -> ParsedDocument:
-    """A PDF's text blocks with 1-based page numbers; a PDF without a text layer gives no blocks.
+def render_page(doc: pymupdf.Document, page: int, dpi: int) -> np.ndarray:
+    """Page ``page`` (1-based) as an RGB image at ``dpi``, scaled down to ``MAX_SIDE_PX`` on its long side."""
+    import numpy as np
+
+    loaded = doc.load_page(page - 1)
+    zoom = min(dpi / 72, MAX_SIDE_PX / max(loaded.rect.width, loaded.rect.height, 1.0))
+    pix = loaded.get_pixmap(matrix=pymupdf.Matrix(zoom, zoom), colorspace=pymupdf.csRGB, alpha=False)
+    return np.frombuffer(pix.samples, dtype=np.uint8).reshape(pix.height, pix.width, 3)
+
+
+def _ocr_plan(
+    doc: pymupdf.Document, numbers: range, ocr: OcrConfig | None, budget: int | None
+) -> tuple[dict[int, list[str]], list[int], int | None]:
+    """Text blocks of each page, the pages to OCR and, when the OCR budget (pages) stops the
+    range early, the last page kept; pages past ``ocr.max_pages`` keep their text layer."""
+    texts: dict[int, list[str]] = {}
+    wanted: list[int] = []
+    for number in numbers:
+        texts[number] = _page_texts(doc, number - 1)
+        if ocr is None or ocr.mode == "off" or number > ocr.max_pages:
+            continue
+        if ocr_reason(page_facts(doc.load_page(number - 1), texts[number]), ocr.mode):
+            if budget is not None and len(wanted) == budget:
+                del texts[number]
+                return texts, wanted, number - 1
+            wanted.append(number)
+    return texts, wanted, None
+
+
+def parse_pdf(
+    data: bytes,
+    *,
+    max_pages: int,
+    pages: tuple[int, int] | None = None,
+    ocr: OcrConfig | None = None,
+    ocr_budget: int | None = None,
+) -> ParsedDocument:
+    """A PDF's text blocks with 1-based page numbers; pages without a usable text layer are OCR'd.
 
     ``pages`` (first, last; 1-based, inclusive) parses only that range, for documents split across
-    workers; ``page_count`` is always the whole document's.
+    workers; ``page_count`` is always the whole document's. ``ocr`` None or mode "off" reads the
+    text layer only. With ``ocr_budget`` (pages), the range stops before the page that would be
+    the budget's next OCR page and ``parsed_to`` says where (the caller hands out the rest).
     """
     silence_mupdf()
     pymupdf.TOOLS.reset_mupdf_warnings()
@@ -131,11 +181,26 @@ def parse_pdf(data: bytes, *, max_pages: int, pages: tuple[int, int] | None = No
         page_count = _page_count(doc, max_pages)
         first, last = pages or (1, page_count)
         outline = _outline(doc, warnings)
+        numbers = range(max(first, 1), min(last, page_count) + 1)
+        texts, wanted, parsed_to = _ocr_plan(doc, numbers, ocr, ocr_budget)
+        read: dict[int, list[tuple[str, float]]] = {}
+        if wanted and ocr is not None:
+            for result in read_pages(lambda page: render_page(doc, page, ocr.dpi), wanted, ocr):
+                if result.error:
+                    warnings.append(result.error)
+                elif result.blocks:
+                    read[result.page] = result.blocks
         blocks: list[Block] = []
-        for index in range(max(first, 1) - 1, min(last, page_count)):
-            blocks.extend(outline.page_blocks(index + 1, _page_texts(doc, index)))
+        for number, page_texts in texts.items():
+            if number in read:
+                found = outline.page_blocks(number, [text for text, _ in read[number]])
+                blocks.extend(replace(b, ocr_confidence=c) for b, (_, c) in zip(found, read[number], strict=True))
+            else:
+                blocks.extend(outline.page_blocks(number, page_texts))
         title = clean_title((doc.metadata or {}).get("title"))
     if not blocks:
-        warnings.append(NO_TEXT_LAYER)
+        warnings.append(f"no text found, even after OCR of {len(wanted)} pages" if wanted else NO_TEXT_LAYER)
     warnings.extend(pymupdf.TOOLS.mupdf_warnings().splitlines())
-    return ParsedDocument(blocks=blocks, page_count=page_count, title=title, warnings=truncate_warnings(warnings))
+    return ParsedDocument(
+        blocks=blocks, page_count=page_count, title=title, warnings=truncate_warnings(warnings), parsed_to=parsed_to
+    )

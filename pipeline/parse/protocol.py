@@ -1,6 +1,7 @@
 """The sandbox wire format: length-prefixed frames of JSON or raw bytes over pipes (no pickle).
 
-A request is two frames, a JSON header ``{"media_type", "max_pages", "timeout_s"}`` then the
+A request is two frames, a JSON header ``{"media_type", "max_pages", "timeout_s", "ocr",
+"ocr_budget"}`` (``ocr``: the OCR settings or null) then the
 document's bytes. A reply is one JSON frame: ``{"ok": <document>}`` or
 ``{"error": <class name>, "message": <text>}``. The child sends ``{"ready": pid}`` once at start.
 """
@@ -51,16 +52,23 @@ def document_to_json(doc: ParsedDocument) -> dict[str, Any]:
         "page_count": doc.page_count,
         "title": doc.title,
         "warnings": doc.warnings,
-        "blocks": [[b.text, b.page, list(b.heading_path), b.is_heading] for b in doc.blocks],
+        "blocks": [[b.text, b.page, list(b.heading_path), b.is_heading, b.ocr_confidence] for b in doc.blocks],
+        "parsed_to": doc.parsed_to,
     }
 
 
 def document_from_json(obj: dict[str, Any]) -> ParsedDocument:
     blocks = [
-        Block(text=text, page=page, heading_path=tuple(path), is_heading=is_heading)
-        for text, page, path, is_heading in obj["blocks"]
+        Block(text=text, page=page, heading_path=tuple(path), is_heading=is_heading, ocr_confidence=confidence)
+        for text, page, path, is_heading, confidence in obj["blocks"]
     ]
-    return ParsedDocument(blocks=blocks, page_count=obj["page_count"], title=obj["title"], warnings=obj["warnings"])
+    return ParsedDocument(
+        blocks=blocks,
+        page_count=obj["page_count"],
+        title=obj["title"],
+        warnings=obj["warnings"],
+        parsed_to=obj.get("parsed_to"),
+    )
 
 
 def error_from_reply(name: str, message: str) -> errors.DocpipeError:

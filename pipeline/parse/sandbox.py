@@ -20,7 +20,7 @@ from collections.abc import Callable, Mapping
 from types import TracebackType
 from typing import Any
 
-from docpipe.config import ParseLimits
+from docpipe.config import OcrConfig, ParseLimits
 from docpipe.errors import ParserCrashed, TooLarge
 from docpipe.parse.protocol import (
     HEADER,
@@ -182,22 +182,29 @@ class SandboxedParser:
         *,
         env: Mapping[str, str] | None = None,
         recycle_after: int = RECYCLE_AFTER,
+        ocr: OcrConfig | None = None,
     ) -> None:
-        """``env``: extra environment variables for the child (the tests enable fault hooks)."""
+        """``env``: extra environment variables for the child (the tests enable fault hooks);
+        ``ocr``: OCR settings (None: scanned pages and images yield no text)."""
         self.limits = limits
+        self.ocr = ocr if ocr is not None and ocr.mode != "off" else None
         self._env = {**os.environ, **_CHILD_ENV, **(env or {})}
         self._recycle_after = recycle_after
         self._lock = threading.Lock()
         self._child: _Child | None = None
 
-    def parse(self, data: bytes, media_type: str) -> ParsedDocument:
-        """Parse ``data`` of ``media_type`` within ``limits``; raises a ``DocpipeError``."""
+    def parse(self, data: bytes, media_type: str, *, ocr_budget: int | None = None) -> ParsedDocument:
+        """Parse ``data`` of ``media_type`` within ``limits``; raises a ``DocpipeError``.
+
+        ``ocr_budget`` (pages): a PDF range stops before OCR'ing more pages (``parsed_to`` says where)."""
         if len(data) > self.limits.max_bytes:
             raise TooLarge(f"document is {len(data)} bytes, more than the limit of {self.limits.max_bytes}")
         header = {
             "media_type": media_type,
             "max_pages": self.limits.max_pages,
             "timeout_s": self.limits.timeout_s,
+            "ocr": self.ocr.model_dump() if self.ocr else None,
+            "ocr_budget": ocr_budget,
         }
         with self._lock:
             reply = self._exchange(header, data)

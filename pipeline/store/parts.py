@@ -24,7 +24,7 @@ __all__ = [
 
 
 def _blocks_json(blocks: Sequence[Block]) -> list[list]:
-    return [[b.text, b.page, list(b.heading_path), b.is_heading] for b in blocks]
+    return [[b.text, b.page, list(b.heading_path), b.is_heading, b.ocr_confidence] for b in blocks]
 
 
 def split_into_parts(
@@ -124,4 +124,8 @@ def part_blocks(session: Session, document_id: int) -> list[Block]:
     rows = session.execute(
         text("SELECT blocks FROM document_parts WHERE document_id = :d ORDER BY part"), {"d": document_id}
     ).scalars()
-    return [Block(t, p, tuple(h), bool(is_h)) for blocks in rows for t, p, h, is_h in blocks]
+    return [
+        Block(t, p, tuple(h), bool(is_h), *ocr)  # ocr: [confidence]; absent in parts stored before OCR
+        for blocks in rows
+        for t, p, h, is_h, *ocr in blocks
+    ]
