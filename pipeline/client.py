@@ -18,6 +18,7 @@ from docpipe.db import make_engine, make_sessionmaker, resolve_database_url
 from docpipe.errors import ConfigError
 from docpipe.loading import FileEntry, collect_files, read_document, size_problem
 from docpipe.search import GroupBy, Hit, SearchMode, candidate_depth, group_by_document, search_chunks
+from docpipe.sync import SyncReport, file_digest, plan_sync, scan_root
 from docpipe.task_queue import TaskQueue, load_task_queue
 
 __all__ = ["Client", "FailedDocument", "Hit", "Job"]
@@ -42,8 +43,8 @@ def _checked(metadata: dict[str, Any] | None) -> dict[str, Any] | None:
 
 
 def finished(counts: dict[str, int]) -> int:
-    """Documents in a final state (`ready` or `failed`) among per-state counts."""
-    return sum(counts.get(s, 0) for s in store.FINAL_STATES)
+    """Documents in a final state (`ready` or `failed`) or deleted, among per-state counts."""
+    return sum(counts.get(s, 0) for s in (*store.FINAL_STATES, "deleted"))
 
 
 @dataclass
@@ -58,28 +59,38 @@ class Job:
     enqueue_s: float = 0.0  # seconds spent storing and enqueueing
 
     def counts(self) -> dict[str, int]:
-        """Documents of this job per state."""
+        """Documents of this job per state; `deleted` counts those deleted or replaced by a newer version since."""
+        return self.progress().counts
+
+    def progress(self) -> store.JobProgress:
+        ids = set(self.document_ids)
         with self.client.sessions.begin() as session:
-            return store.state_counts(session, self.document_ids)
+            found = store.job_progress(session, list(ids))
+        if gone := len(ids) - sum(found.counts.values()):
+            found.counts["deleted"] = gone
+        return found
 
     def done(self) -> bool:
         return finished(self.counts()) >= len(set(self.document_ids))
 
     def wait(self, *, progress: bool = False, timeout_s: float | None = None, poll_s: float = 0.5) -> dict[str, int]:
-        """Block until every document is `ready` or `failed`; returns counts per state."""
+        """Block until every document is `ready`, `failed` or deleted; returns counts per state.
+
+        `progress`: a bar with documents done, pages parsed per second and an ETA.
+        """
         total = len(set(self.document_ids))
         deadline = None if timeout_s is None else time.monotonic() + timeout_s
         bar = _progress_bar(total) if progress else None
         try:
             while True:
-                counts = self.counts()
-                final = finished(counts)
+                now = self.progress()
+                final = finished(now.counts)
                 if bar is not None:
-                    bar.update(final, counts)
+                    bar.update(final, now.counts, now.pages)
                 if final >= total:
-                    return counts
+                    return now.counts
                 if deadline is not None and time.monotonic() > deadline:
-                    raise TimeoutError(f"{total - final} of {total} documents not finished: {counts}")
+                    raise TimeoutError(f"{total - final} of {total} documents not finished: {now.counts}")
                 time.sleep(poll_s)
         finally:
             if bar is not None:
@@ -87,7 +98,7 @@ class Job:
 
 
 class _progress_bar:
-    """A rich progress bar over documents finished."""
+    """A rich progress bar over documents finished, with pages parsed per second and an ETA."""
 
     def __init__(self, total: int) -> None:
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -97,18 +108,33 @@ class _progress_bar:
             BarColumn(),
             MofNCompleteColumn(),
             TimeElapsedColumn(),
+            TextColumn("{task.fields[rate]}"),
             TextColumn("{task.fields[states]}"),
             transient=False,
         )
-        self.task = self.progress.add_task("ingest", total=total, states="")
+        self.total = total
+        self.started = time.monotonic()
+        self.task = self.progress.add_task("ingest", total=total, states="", rate="")
         self.progress.start()
 
-    def update(self, finished: int, counts: dict[str, int]) -> None:
+    def update(self, finished: int, counts: dict[str, int], pages: int) -> None:
         states = " ".join(f"{k}={v}" for k, v in sorted(counts.items()))
-        self.progress.update(self.task, completed=finished, states=states)
+        self.progress.update(
+            self.task, completed=finished, states=states, rate=rate_text(self.started, finished, self.total, pages)
+        )
 
     def close(self) -> None:
         self.progress.stop()
+
+
+def rate_text(started: float, finished: int, total: int, pages: int) -> str:
+    """'12.3 pages/s, ETA 0:01:05': pages parsed per second since `started` (monotonic s), ETA by documents."""
+    elapsed = max(time.monotonic() - started, 1e-9)
+    out = f"{pages / elapsed:.1f} pages/s"
+    if 0 < finished < total:
+        eta = round(elapsed / finished * (total - finished))
+        out += f", ETA {eta // 3600}:{eta // 60 % 60:02d}:{eta % 60:02d}"
+    return out
 
 
 @dataclass
@@ -320,30 +346,129 @@ class Client:
             out.append(hit)
         return out
 
+    # --- lifecycle ------------------------------------------------------------
+
+    def _selection(
+        self,
+        ids: Sequence[int] | None,
+        key: str | Sequence[str] | None,
+        prefix: str | None,
+        glob: str | None,
+        where: dict[str, Any] | None,
+    ) -> store.Selection:
+        if prefix is not None and glob is not None:
+            raise ValueError("give prefix or glob, not both")
+        like = store.prefix_to_like(prefix) if prefix is not None else store.glob_to_like(glob) if glob else None
+        keys = [key] if isinstance(key, str) else key
+        return store.Selection(ids=ids, keys=keys, key_like=like, where=where)
+
+    def delete(
+        self,
+        ids: Sequence[int] | None = None,
+        *,
+        key: str | Sequence[str] | None = None,
+        prefix: str | None = None,
+        glob: str | None = None,
+        where: dict[str, Any] | None = None,
+        collection: str | None = None,
+        dry_run: bool = False,
+    ) -> list[store.DocumentRef]:
+        """Delete documents (every version of them) by ids, key(s), key prefix or glob, and/or metadata filter.
+
+        All criteria given must hold. Chunks, vectors and queue rows go in the
+        same transaction; workers still busy with them find them gone. Keys of
+        files are their resolved paths. `dry_run`: list what would go, delete nothing.
+        """
+        collection = self._collection_name(collection)
+        sel = self._selection(ids, key, prefix, glob, where)
+        with self.sessions.begin() as session:
+            coll = self._existing_collection(session, collection)
+            if dry_run:
+                return store.select_documents(session, coll.id, sel)
+            return store.delete_documents(session, collection, sel)
+
+    def update_metadata(
+        self,
+        where_or_ids: dict[str, Any] | Sequence[int],
+        patch: dict[str, Any],
+        *,
+        collection: str | None = None,
+        replace: bool = False,
+    ) -> int:
+        """Merge `patch` into the metadata of documents chosen by a metadata filter (dict) or ids; how many.
+
+        A None value removes that key; `replace` makes `patch` the whole metadata.
+        Nothing is parsed or embedded again: search filters see it at once.
+        """
+        collection = self._collection_name(collection)
+        if isinstance(where_or_ids, dict):
+            sel = store.Selection(where=where_or_ids)
+        else:
+            sel = store.Selection(ids=list(where_or_ids))
+        with self.sessions.begin() as session:
+            coll = self._existing_collection(session, collection)
+            return store.update_metadata(session, coll.id, sel, patch, replace=replace)
+
+    def sync(
+        self,
+        root: str | Path,
+        *,
+        collection: str | None = None,
+        dry_run: bool = False,
+        metadata: dict[str, Any] | None = None,
+        wait: bool = False,
+        timeout_s: float | None = None,
+    ) -> SyncReport:
+        """Make the collection's documents under `root` match the files there: add, replace, rename, delete.
+
+        Unchanged files cost a read and a hash. Running it again changes nothing.
+        `wait`: block until the new versions are ready or failed (`failed` then counts both kinds).
+        """
+        collection, metadata = self._collection_name(collection), _checked(metadata)
+        started = time.perf_counter()
+        root = Path(root).expanduser().resolve()
+        if not root.is_dir():
+            raise ConfigError(f"not a directory: {root}")
+        entries, skipped = scan_root(root, max_bytes=self.settings.parse.max_bytes)
+        digests = {key: file_digest(entry) for key, entry in entries.items()}
+        coll = self._ensure_collection(collection)
+        with self.sessions.begin() as session:
+            stored = store.key_versions(session, coll.id, store.prefix_to_like(str(root).rstrip("/") + "/"))
+        plan = plan_sync(digests, {key: v.sha256 for key, v in stored.items()})
+        report = SyncReport(collection, str(root), plan, dry_run, skipped=skipped)
+        changed = [entries[key] for key in (*plan.add, *plan.replace)]
+        report.failed = sum(entry.problem is not None for entry in changed)
+        if not dry_run:
+            with self.sessions.begin() as session:
+                for old, new in plan.rename:
+                    store.rename_document(session, coll.id, old, new)
+                if plan.delete:
+                    store.delete_documents(session, collection, store.Selection(keys=plan.delete))
+            if changed:
+                job = self._store_all(collection, (self._new_document(e, metadata) for e in changed), started=started)
+                report.document_ids = job.document_ids
+                if wait:
+                    report.failed = job.wait(timeout_s=timeout_s).get(states.DocState.FAILED, 0)
+        report.seconds = time.perf_counter() - started
+        return report
+
+    def _existing_collection(self, session: Any, name: str) -> store.CollectionInfo:
+        if (coll := store.get_collection(session, name)) is None:
+            raise ConfigError(f"unknown collection: {name!r}")
+        return coll
+
     # --- operations -----------------------------------------------------------
 
     def status(self, collection: str | None = None) -> dict[str, Any]:
-        """Documents per state, chunk and embedding counts, pending chunks; per collection."""
+        """Per collection: documents per state, `no_text` (ready, nothing to search) and `problems`
+        (failed + no_text), chunk and vector counts."""
         with self.sessions.begin() as session:
-            rows = session.execute(
-                text(
-                    "SELECT c.name, m.name AS model, "
-                    "  (SELECT json_object_agg(state, n) FROM (SELECT state, count(*) n FROM documents "
-                    "     WHERE collection_id = c.id GROUP BY state) s) AS states, "
-                    "  (SELECT count(*) FROM chunks ch JOIN documents d ON d.id = ch.document_id "
-                    "     WHERE d.collection_id = c.id) AS chunks, "
-                    "  (SELECT count(*) FROM embeddings e JOIN chunks ch ON ch.id = e.chunk_id "
-                    "     JOIN documents d ON d.id = ch.document_id "
-                    "     WHERE d.collection_id = c.id AND e.model_id = c.model_id) AS embeddings "
-                    "FROM collections c JOIN embedding_models m ON m.id = c.model_id "
-                    "WHERE CAST(:c AS text) IS NULL OR c.name = :c ORDER BY c.name"
-                ),
-                {"c": collection},
-            ).all()
-        return {
-            r.name: {"model": r.model, "documents": r.states or {}, "chunks": r.chunks, "embeddings": r.embeddings}
-            for r in rows
-        }
+            return store.collection_status(session, collection)
+
+    def problems(self, collection: str | None = None, *, limit: int = 1000) -> list[store.Problem]:
+        """Documents that are not searchable (failed, or no text found) with their reasons, newest first."""
+        with self.sessions.begin() as session:
+            return store.problems(session, collection, limit=limit)
 
     def failed(self, collection: str | None = None, *, limit: int = 1000) -> list[FailedDocument]:
         """Failed documents with their reasons, newest first."""

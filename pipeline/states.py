@@ -39,6 +39,7 @@ __all__ = [
     "holds_claim",
     "initial_state",
     "lock_keys",
+    "lock_source_keys",
     "mark_ready",
     "promote",
     "release_claimed",

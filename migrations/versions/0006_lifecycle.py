@@ -66,11 +66,12 @@ SELECT c.name AS collection, d.id AS document_id, d.source, d.state,
 FROM documents d JOIN collections c ON c.id = d.collection_id
 WHERE d.state = 'failed' OR (d.state = 'ready' AND d.chunk_count = 0);
 
--- Delete documents of a collection; every criterion given must hold, and at least one must be given:
+-- Delete documents (every version of their keys) of a collection; every criterion given must hold,
+-- and at least one must be given:
 --   SELECT * FROM docpipe_delete('docs', key_like => '/srv/share/old/%');
 --   SELECT * FROM docpipe_delete('docs', metadata_filter => '{"team": "legal"}');
 -- `key_like` is a LIKE pattern on the key (`source`): an exact key, 'prefix%', or a glob turned into LIKE.
-CREATE FUNCTION docpipe_delete(collection_name text, document_ids bigint[] DEFAULT NULL,
+CREATE FUNCTION docpipe_delete(collection_name text, document_ids bigint[] DEFAULT NULL, keys text[] DEFAULT NULL,
                                key_like text DEFAULT NULL, metadata_filter jsonb DEFAULT NULL)
 RETURNS TABLE (document_id bigint, source text, state text)
 LANGUAGE plpgsql VOLATILE
@@ -83,8 +84,8 @@ BEGIN
     IF coll_id IS NULL THEN
         RAISE EXCEPTION 'unknown collection: %', collection_name USING ERRCODE = 'no_data_found';
     END IF;
-    IF document_ids IS NULL AND key_like IS NULL AND metadata_filter IS NULL THEN
-        RAISE EXCEPTION 'docpipe_delete needs document_ids, key_like or metadata_filter'
+    IF document_ids IS NULL AND keys IS NULL AND key_like IS NULL AND metadata_filter IS NULL THEN
+        RAISE EXCEPTION 'docpipe_delete needs document_ids, keys, key_like or metadata_filter'
             USING ERRCODE = 'invalid_parameter_value';
     END IF;
     -- the versions' keys are locked like a replace locks them (pipeline/states.py), in hash order
@@ -92,6 +93,7 @@ BEGIN
         SELECT DISTINCT hashtext(d.collection_id::text || '/' || d.source) AS h FROM documents d
         WHERE d.collection_id = coll_id
           AND (document_ids IS NULL OR d.id = ANY(document_ids))
+          AND (keys IS NULL OR d.source = ANY(keys))
           AND (key_like IS NULL OR d.source LIKE key_like)
           AND (metadata_filter IS NULL OR d.metadata @> metadata_filter)
         ORDER BY h) k;
@@ -100,6 +102,7 @@ BEGIN
         DELETE FROM documents d
         WHERE d.collection_id = coll_id
           AND (document_ids IS NULL OR d.id = ANY(document_ids))
+          AND (keys IS NULL OR d.source = ANY(keys))
           AND (key_like IS NULL OR d.source LIKE key_like)
           AND (metadata_filter IS NULL OR d.metadata @> metadata_filter)
         RETURNING d.id, d.source, d.state
@@ -110,7 +113,7 @@ $fn$;
 """
 
 DOWNGRADE = r"""
-DROP FUNCTION IF EXISTS docpipe_delete(text, bigint[], text, jsonb);
+DROP FUNCTION IF EXISTS docpipe_delete(text, bigint[], text[], text, jsonb);
 DROP VIEW IF EXISTS docpipe_problems;
 DROP INDEX IF EXISTS documents_unsearchable;
 DROP INDEX IF EXISTS documents_key_pattern;

@@ -84,7 +84,8 @@ def insert_documents(session: Session, collection_id: int, docs: Sequence[NewDoc
     A document is identified by its key (`source`): the same bytes under the
     same key keep their row (created False), and only new content crosses the
     wire. Changed bytes under a known key are a new version, live (and the
-    old one gone) once it is ready: see `docpipe.states`.
+    old one gone) once it is ready: see `docpipe.states`. A new version
+    inherits the metadata of the key's newest one, with `metadata` merged over it.
     """
     if not docs:
         return []
@@ -101,7 +102,9 @@ def insert_documents(session: Session, collection_id: int, docs: Sequence[NewDoc
             text(
                 "INSERT INTO documents (collection_id, source, sha256, media_type, size_bytes, content, metadata, "
                 "  state, last_error) "
-                "SELECT :c, source, sha256, media_type, size_bytes, content, CAST(metadata AS jsonb), "
+                "SELECT :c, source, sha256, media_type, size_bytes, content, "
+                "  coalesce((SELECT p.metadata FROM documents p WHERE p.collection_id = :c AND p.source = t.source "
+                "            ORDER BY p.id DESC LIMIT 1), '{}') || CAST(metadata AS jsonb), "  # a new version inherits
                 "  CASE WHEN err IS NULL THEN :queued ELSE :failed END, err "
                 "FROM unnest(CAST(:sources AS text[]), CAST(:shas AS bytea[]), CAST(:types AS text[]), "
                 "  CAST(:sizes AS int8[]), CAST(:contents AS bytea[]), CAST(:metas AS text[]), CAST(:errs AS text[])) "

@@ -65,6 +65,12 @@ def write_embeddings(session: Session, model_id: int, chunk_ids: Sequence[int], 
     """
     from pgvector.psycopg import register_vector
 
+    # Lock the documents' keys first (like delete and replace): a document deleted or replaced from here
+    # on waits for this commit, one deleted before is skipped by the join below.
+    documents = session.execute(
+        text("SELECT DISTINCT document_id FROM chunks WHERE id = ANY(:ids)"), {"ids": list(chunk_ids)}
+    ).scalars()
+    states.lock_keys(session, list(documents))
     raw = raw_connection(session)
     register_vector(raw)
     session.execute(
