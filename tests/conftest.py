@@ -60,7 +60,7 @@ def stack_settings(
     data_dir: Path, model_cache: Path, reranker: Path | None = None, *, backend: str = "auto", **worker: object
 ):
     """Settings for a test stack: fast sweeps and leases, two parse processes."""
-    from docpipe.config import EmbedConfig, ParseLimits, RerankConfig, Settings, WorkerConfig
+    from docpipe.config import EmbedConfig, OcrConfig, ParseLimits, RerankConfig, Settings, WorkerConfig
 
     defaults = {"sweep_interval_s": 2, "lease_s": 60, "requeue_after_s": 5, "parse_concurrency": 2, "max_attempts": 3}
     defaults.update(worker)
@@ -73,6 +73,7 @@ def stack_settings(
         parse=ParseLimits(timeout_s=min(30.0, float(defaults["lease_s"]) / 2)),
         rerank=RerankConfig(model=str(reranker)) if reranker else RerankConfig(),
         embed=EmbedConfig(backend=backend),
+        ocr=OcrConfig(split_pages=1),  # one scanned page per parse request: fits the short parse timeout
     )
 
 

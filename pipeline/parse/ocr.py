@@ -24,6 +24,7 @@ if TYPE_CHECKING:
 DET_SIDE_PX = 1280  # long side of the image the text detector sees, pixels
 MAX_SIDE_PX = 4000  # renders and images are scaled down to this long side first, pixels
 MIN_CONFIDENCE = 0.5  # lines recognised with less confidence are dropped (0..1)
+MIN_PAGE_CHARS = 4  # letters and digits a page's reading needs to count; fewer is noise read off a drawing
 _SIDEWAYS_SHARE = 0.6  # share of detected lines taller than wide that marks a sideways page
 _PARAGRAPH_GAP = 0.8  # vertical gap, in line heights, that still joins two lines into one block
 
@@ -92,6 +93,8 @@ class OcrEngine:
 
             turns = [self.lines(np.ascontiguousarray(np.rot90(image, k))) for k in (1, 3)]
             found = max([found, *turns], key=_weight)
+        if sum(char.isalnum() for line in found for char in line.text) < MIN_PAGE_CHARS:
+            return []
         return blocks_from_lines(found)
 
 
