@@ -28,7 +28,7 @@ if TYPE_CHECKING:
 
     from docpipe.config import OcrConfig
 
-LOAD_ALLOWANCE_S = 15.0  # extra wall seconds for a fresh helper to load the models before its first page
+LOAD_ALLOWANCE_S = 30.0  # wall seconds for a fresh helper to load the models and say it is ready
 _PR_SET_PDEATHSIG = 1  # prctl option: signal this process when its parent exits
 
 
@@ -59,6 +59,7 @@ def _helper(write_fd: int, render: Renderer, pages: Sequence[int], config: OcrCo
         from docpipe.parse.ocr import OcrEngine
 
         engine = OcrEngine(config)
+        write_all(write_fd, frame(encode_json({"ready": True})))
         for page in pages:
             try:
                 blocks = [(b.text, b.confidence) for b in engine.read(render(page))]
@@ -120,12 +121,15 @@ def read_pages(render: Renderer, pages: Sequence[int], config: OcrConfig) -> Ite
     todo = list(pages)
     while todo:
         helper = _Helper(render, todo, config)
-        allowance = LOAD_ALLOWANCE_S
         try:
+            ready = helper.next_reply(time.monotonic() + LOAD_ALLOWANCE_S)
+            if not isinstance(ready, dict) or not ready.get("ready"):
+                reason = f"OCR engine failed to start ({ready if isinstance(ready, str) else 'bad reply'})"
+                yield from (PageText(page, [], f"page {page}: {reason}") for page in todo)
+                return
             while todo:
                 page = todo[0]
-                reply = helper.next_reply(time.monotonic() + config.page_timeout_s + allowance)
-                allowance = 0.0
+                reply = helper.next_reply(time.monotonic() + config.page_timeout_s)
                 todo.pop(0)
                 if isinstance(reply, str):
                     limit = f" after {config.page_timeout_s:g} s" if reply == "timed out" else ""

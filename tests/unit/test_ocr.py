@@ -22,8 +22,8 @@ OCR = OcrConfig()
 def page_png(text: str, *, dpi: int = 150, rotate: int = 0) -> bytes:
     """A page of `text` rendered to a PNG, as a scanner would produce it (optionally turned)."""
     with pymupdf.open() as doc:
-        page = doc.new_page()
-        page.insert_textbox(pymupdf.Rect(72, 72, 520, 770), text, fontsize=14)
+        page = doc.new_page(width=420, height=160)  # a slip, not a full page: OCR time grows with the area
+        page.insert_textbox(pymupdf.Rect(20, 20, 400, 150), text, fontsize=14)
         png = page.get_pixmap(dpi=dpi).tobytes("png")
     if rotate:
         buf = io.BytesIO()
@@ -36,7 +36,7 @@ def scanned_pdf(*texts: str) -> bytes:
     """A PDF whose pages are only images of text: no text layer at all."""
     with pymupdf.open() as doc:
         for text in texts:
-            page = doc.new_page()
+            page = doc.new_page(width=420, height=160)
             page.insert_image(page.rect, stream=page_png(text))
         return doc.tobytes()
 
@@ -137,3 +137,12 @@ def test_a_corrupt_image_fails_permanently() -> None:
 
     with pytest.raises(CorruptDocument):
         parse_bytes(b"\x89PNG\r\n\x1a\nnot really", "image/png", max_pages=10, ocr=OCR)
+
+
+def test_a_page_whose_render_hangs_keeps_its_text_layer(corpus_dir) -> None:
+    """MuPDF renders page 1 of this corpus file for minutes (MANIFEST: SLOW); forced OCR gives up on it."""
+    data = (corpus_dir / "pdf/pymupdf__tests__resources__test_2548.pdf").read_bytes()
+    config = OcrConfig(mode="force", page_timeout_s=2.0)
+    doc = parse_bytes(data, "application/pdf; pages=1-1", max_pages=100, ocr=config)
+    assert any("OCR of page 1 timed out after 2 s" in w for w in doc.warnings)
+    assert doc.blocks and all(b.page == 1 and b.ocr_confidence is None for b in doc.blocks)
