@@ -16,6 +16,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from docpipe.cli_lifecycle import register as register_lifecycle
 from docpipe.config import Settings
 from docpipe.errors import ConfigError, DocpipeError
 
@@ -149,10 +150,11 @@ def status(as_json: Annotated[bool, typer.Option("--json")] = False, data_dir: D
     if as_json:
         print(json.dumps(info, indent=2, sort_keys=True))
         return
-    table = Table("collection", "model", "documents", "chunks", "embeddings")
+    table = Table("collection", "model", "documents", "problems", "chunks", "embeddings")
     for name, row in info.items():
         states = " ".join(f"{k}={v}" for k, v in sorted(row["documents"].items()))
-        table.add_row(name, row["model"], states, str(row["chunks"]), str(row["embeddings"]))
+        problems = f"{row['problems']} ({row['no_text']} without text)" if row["problems"] else "0"
+        table.add_row(name, row["model"], states, problems, str(row["chunks"]), str(row["embeddings"]))
     Console().print(table)
 
 
@@ -397,6 +399,9 @@ def _bundled_docs() -> list[Path]:
     if not found:
         raise typer.BadParameter("no documents given and none bundled; pass paths")
     return found
+
+
+register_lifecycle(app)  # delete, sync, update-metadata, problems
 
 
 def main() -> None:  # pragma: no cover - entry point

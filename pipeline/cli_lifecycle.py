@@ -1,0 +1,160 @@
+"""The lifecycle commands of `docpipe`: delete, sync, update-metadata, problems (registered by `cli`)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+from docpipe.errors import ConfigError, DocpipeError
+
+__all__ = ["register"]
+
+console = Console(stderr=True)
+CollectionOpt = Annotated[str | None, typer.Option("--collection", "-c", help="Collection name.")]
+DataDir = Annotated[Path | None, typer.Option("--data-dir", help="Where the embedded stack keeps its data.")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON on stdout.")]
+
+
+def _json_object(value: str | None, option: str) -> dict[str, Any] | None:
+    if value is None:
+        return None
+    try:
+        parsed = json.loads(value)
+    except json.JSONDecodeError as err:
+        raise ConfigError(f"{option} is not valid JSON: {err}") from err
+    if not isinstance(parsed, dict):
+        raise ConfigError(f"{option} must be a JSON object")
+    return parsed
+
+
+def _client(data_dir: Path | None):
+    from docpipe.cli import _client as make_client
+
+    return make_client(data_dir)
+
+
+def _fail(err: Exception) -> None:
+    console.print(f"[red]error:[/red] {escape(str(err))}")
+    raise typer.Exit(2)
+
+
+def delete(
+    ids: Annotated[list[int] | None, typer.Argument(help="Document ids.")] = None,
+    key: Annotated[list[str] | None, typer.Option("--key", help="Exact key (repeatable).")] = None,
+    path: Annotated[list[Path] | None, typer.Option("--path", help="A file's key: its resolved path.")] = None,
+    prefix: Annotated[str | None, typer.Option(help="Keys starting with this (e.g. /srv/share/old/).")] = None,
+    glob: Annotated[str | None, typer.Option(help="Keys matching this glob (* and ? only; * crosses /).")] = None,
+    where: Annotated[str | None, typer.Option(help='Metadata filter, JSON containment: {"team": "ops"}.')] = None,
+    collection: CollectionOpt = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="List what would be deleted; delete nothing.")] = False,
+    as_json: JsonOpt = False,
+    data_dir: DataDir = None,
+) -> None:
+    """Delete documents with their chunks and vectors; every criterion given must hold."""
+    keys = [*(key or []), *(str(p.expanduser().resolve()) for p in path or [])] or None
+    try:
+        with _client(data_dir) as client:
+            docs = client.delete(
+                ids or None, key=keys, prefix=prefix, glob=glob, where=_json_object(where, "--where"),
+                collection=collection, dry_run=dry_run,
+            )  # fmt: skip
+    except (DocpipeError, ValueError) as err:
+        _fail(err)
+    if as_json:
+        print(json.dumps([{"id": d.id, "source": d.source, "state": d.state} for d in docs], indent=2))
+    else:
+        table = Table("id", "source", "state", title="would be deleted" if dry_run else "deleted")
+        for d in docs:
+            table.add_row(str(d.id), escape(d.source), d.state)
+        Console().print(table)
+    console.print(f"{len(docs)} documents {'would be ' if dry_run else ''}deleted")
+
+
+def sync(
+    root: Annotated[Path, typer.Argument(help="The folder whose files the collection must match.")],
+    collection: CollectionOpt = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Show what would change; change nothing.")] = False,
+    wait: Annotated[bool, typer.Option("--wait", help="Wait until new versions are ready or failed.")] = False,
+    metadata: Annotated[str | None, typer.Option(help="JSON object stored with new documents.")] = None,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="List the keys of each action.")] = False,
+    data_dir: DataDir = None,
+) -> None:
+    """Add new files, replace changed ones, delete removed ones; print a summary (JSON on stdout)."""
+    try:
+        with _client(data_dir) as client:
+            report = client.sync(
+                root, collection=collection, dry_run=dry_run, metadata=_json_object(metadata, "--metadata"), wait=wait
+            )
+    except (DocpipeError, ValueError) as err:
+        _fail(err)
+    if verbose:
+        plan = report.plan
+        for action, keys in (("add", plan.add), ("replace", plan.replace), ("delete", plan.delete)):
+            for k in keys:
+                console.print(f"{action:8} {escape(k)}")
+        for old, new in plan.rename:
+            console.print(f"rename   {escape(old)} -> {escape(new)}")
+    summary = report.summary()
+    console.print(
+        f"{'dry run: ' if dry_run else ''}"
+        + ", ".join(f"{v} {k}" for k, v in summary.items())
+        + f" ({report.skipped} unsupported skipped) in {report.seconds:.2f} s"
+    )
+    print(json.dumps(summary, sort_keys=True))
+
+
+def update_metadata(
+    ids: Annotated[list[int] | None, typer.Argument(help="Document ids.")] = None,
+    where: Annotated[str | None, typer.Option(help="Metadata filter (JSON containment) instead of ids.")] = None,
+    set_: Annotated[str, typer.Option("--set", help='JSON object merged in; null removes a key: {"year": 2026}.')] = "",
+    replace: Annotated[bool, typer.Option("--replace", help="The metadata becomes --set, not merged.")] = False,
+    collection: CollectionOpt = None,
+    data_dir: DataDir = None,
+) -> None:
+    """Change documents' metadata without parsing or embedding them again."""
+    try:
+        patch = _json_object(set_ or None, "--set")
+        if patch is None:
+            raise ConfigError("--set is required")
+        filt = _json_object(where, "--where")
+        if (filt is None) == (not ids):
+            raise ConfigError("give document ids or --where (one of them)")
+        with _client(data_dir) as client:
+            n = client.update_metadata(filt if filt is not None else ids, patch, collection=collection, replace=replace)
+    except (DocpipeError, ValueError) as err:
+        _fail(err)
+    console.print(f"{n} documents updated")
+
+
+def problems(collection: CollectionOpt = None, as_json: JsonOpt = False, data_dir: DataDir = None) -> None:
+    """Documents that are not searchable: failed, or no text found (scans without a text layer, empty files)."""
+    try:
+        with _client(data_dir) as client:
+            found = client.problems(collection)
+    except DocpipeError as err:
+        _fail(err)
+    if as_json:
+        rows = [
+            {"id": p.id, "collection": p.collection, "source": p.source, "problem": p.problem, "reason": p.reason}
+            for p in found
+        ]
+        print(json.dumps(rows, indent=2))
+        return
+    table = Table("id", "source", "problem", "reason")
+    for p in found:
+        table.add_row(str(p.id), escape(p.source), p.problem, escape(p.reason or ""))
+    Console().print(table)
+
+
+def register(app: typer.Typer) -> None:
+    """Add the lifecycle commands to the `docpipe` app."""
+    app.command()(delete)
+    app.command()(sync)
+    app.command(name="update-metadata")(update_metadata)
+    app.command()(problems)

@@ -1,0 +1,146 @@
+"""The index follows the folder, on the real stack: ingest, edit, delete, add, rename, sync; delete mid-pipeline."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from pathlib import Path
+
+import pytest
+from sqlalchemy import text
+
+from docpipe.client import Job
+
+COLLECTION = "e2e-lifecycle"
+PDF = "pdf/samplefiles__004-pdflatex-4-pages__pdflatex-4-pages.pdf"
+
+FILES = {
+    "a.txt": "The apple orchard report.\n\nApple trees were pruned in March and the harvest doubled.",
+    "b.txt": "Bridge inspection notes.\n\nThe bridge cables showed rust on the north span.",
+    "sub/c.md": "# Canal maintenance\n\nThe canal locks were repainted and the gates oiled.",
+}
+EDITED_A = "The avocado grove report.\n\nAvocado saplings replaced the old trees along the river."
+ADDED_E = "Elevator service log.\n\nThe elevator controller firmware was updated on Tuesday."
+
+
+def indexed(client) -> dict[str, set[str]]:
+    """Key → chunk texts that SQL users see (the `docpipe_chunks` view: ready versions, current model)."""
+    with client.sessions.begin() as s:
+        rows = s.execute(text("SELECT source, text FROM docpipe_chunks WHERE collection = :c"), {"c": COLLECTION}).all()
+    out: dict[str, set[str]] = {}
+    for source, body in rows:
+        out.setdefault(source, set()).add(body)
+    return out
+
+
+def keyword_sources(client, query: str) -> list[str]:
+    hits = client.search(query, collection=COLLECTION, mode="text", k=20)
+    return sorted({Path(h.source).name for h in hits})
+
+
+def write(root: Path, rel: str, body: str) -> None:
+    (root / rel).parent.mkdir(parents=True, exist_ok=True)
+    (root / rel).write_text(body)
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory, corpus_dir: Path) -> Path:
+    root = tmp_path_factory.mktemp("share").resolve()
+    for rel, body in FILES.items():
+        write(root, rel, body)
+    shutil.copy(corpus_dir / PDF, root / "report.pdf")
+    return root
+
+
+def test_sync_scenario_search_sees_exactly_the_current_files(client, folder: Path) -> None:
+    t0 = time.perf_counter()
+    first = client.sync(folder, collection=COLLECTION, wait=True, timeout_s=300)
+    first_s = time.perf_counter() - t0
+    assert first.summary() == {"added": 4, "replaced": 0, "renamed": 0, "deleted": 0, "unchanged": 0, "failed": 0}
+    now = indexed(client)
+    assert set(now) == {str(folder / r) for r in ("a.txt", "b.txt", "sub/c.md", "report.pdf")}
+    assert keyword_sources(client, "apple orchard") == ["a.txt"]
+
+    t0 = time.perf_counter()
+    again = client.sync(folder, collection=COLLECTION)
+    unchanged_s = time.perf_counter() - t0
+    assert again.summary()["unchanged"] == 4 and again.document_ids == []
+    print(f"\nsync of an unchanged folder {unchanged_s:.3f} s vs its first ingest {first_s:.3f} s "
+          f"({unchanged_s / first_s:.4f}x)")  # fmt: skip
+
+    old_a = indexed(client)[str(folder / "a.txt")]
+    write(folder, "a.txt", EDITED_A)
+    (folder / "b.txt").unlink()
+    write(folder, "e.txt", ADDED_E)
+    os.rename(folder / "sub/c.md", folder / "sub/c2.md")
+    plan = client.sync(folder, collection=COLLECTION, dry_run=True)
+    assert plan.summary() == {"added": 1, "replaced": 1, "renamed": 1, "deleted": 1, "unchanged": 1, "failed": 0}
+    assert indexed(client)[str(folder / "b.txt")]  # a dry run changes nothing
+
+    report = client.sync(folder, collection=COLLECTION)
+    assert report.plan.rename == [(str(folder / "sub/c.md"), str(folder / "sub/c2.md"))]
+    # While the edit is parsed and embedded, a.txt answers with one whole version: old, then new.
+    seen: list[str] = []
+    deadline = time.monotonic() + 300
+    while True:
+        a = indexed(client).get(str(folder / "a.txt"))
+        assert a, "a.txt vanished from the index mid-replace"
+        state = "old" if a == old_a else "new" if all("vocado" in t or "river" in t for t in a) else f"mixed {a}"
+        assert not state.startswith("mixed"), state
+        if not seen or seen[-1] != state:
+            seen.append(state)
+        if state == "new":
+            break
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    assert seen in (["old", "new"], ["new"])
+    assert Job(client, COLLECTION, report.document_ids).wait(timeout_s=300) == {"ready": 2}
+    assert client.sync(folder, collection=COLLECTION).summary()["unchanged"] == 4
+
+    now = indexed(client)
+    assert set(now) == {str(folder / r) for r in ("a.txt", "e.txt", "sub/c2.md", "report.pdf")}
+    assert keyword_sources(client, "apple orchard") == []
+    assert keyword_sources(client, "avocado grove") == ["a.txt"]
+    assert keyword_sources(client, "bridge cables rust") == []
+    assert keyword_sources(client, "canal locks") == ["c2.md"]
+    assert keyword_sources(client, "elevator firmware") == ["e.txt"]
+    with client.sessions.begin() as s:  # one version per key: no duplicate, no stale row anywhere
+        versions = s.execute(
+            text(
+                "SELECT d.source, count(*) FROM documents d JOIN collections c ON c.id = d.collection_id "
+                "WHERE c.name = :c GROUP BY d.source"
+            ),
+            {"c": COLLECTION},
+        ).all()
+    assert sorted(n for _, n in versions) == [1, 1, 1, 1]
+    hybrid = client.search("avocado saplings by the river", collection=COLLECTION, k=3)
+    assert hybrid and Path(hybrid[0].source).name == "a.txt"
+
+
+def test_delete_racing_the_pipeline_leaves_nothing_behind(client, tmp_path: Path) -> None:
+    """Documents deleted while queued, parsing or embedding: workers find them gone, nothing comes back."""
+    docs = [(f"race-{i}", f"Racing document {i}. ".encode() * 200, "text/plain") for i in range(8)]
+    job = client.ingest_bytes(docs, collection=COLLECTION + "-race")
+    deleted: list[int] = []
+    for i, doc_id in enumerate(job.document_ids):  # spread over the pipeline's stages
+        time.sleep(0.05 * i)
+        deleted += [d.id for d in client.delete([doc_id], collection=COLLECTION + "-race")]
+    assert sorted(deleted) == sorted(job.document_ids)
+    sentinel = client.ingest_bytes([("sentinel", b"The sentinel arrives last.", "text/plain")],
+                                   collection=COLLECTION + "-race")  # fmt: skip
+    assert sentinel.wait(timeout_s=300) == {"ready": 1}
+    time.sleep(3)  # a sweep (every 2 s in the test stack) finds nothing to resurrect
+    with client.sessions.begin() as s:
+        left = s.execute(
+            text(
+                "SELECT (SELECT count(*) FROM documents WHERE id = ANY(:ids)) + "
+                "  (SELECT count(*) FROM chunks WHERE document_id = ANY(:ids)) + "
+                "  (SELECT count(*) FROM embedding_queue WHERE document_id = ANY(:ids)) + "
+                "  (SELECT count(*) FROM embeddings e "
+                "   WHERE NOT EXISTS (SELECT 1 FROM chunks c WHERE c.id = e.chunk_id))"
+            ),
+            {"ids": deleted},
+        ).scalar_one()
+    assert left == 0
+    assert job.wait(timeout_s=5) == {"deleted": len(deleted)}
