@@ -84,7 +84,9 @@ class SearchConfig(BaseModel):
     text_config: str = "english"  # Postgres text search configuration: stop words + Snowball stemmer
     bm25_k1: float = 0.9  # BM25 term-frequency saturation
     bm25_b: float = 0.4  # BM25 length normalisation, 0..1
-    bm25_per_term: int = 0  # postings read per query term, highest impact first; 0: all (exact BM25)
+    # postings read per query term, highest impact first, before the best candidates' scores are completed;
+    # None: max(1000, 10 k); 0: every posting (exhaustive, slow on large collections)
+    bm25_per_term: int | None = Field(default=None, ge=0)
     fusion: Literal["zscore", "minmax", "rrf"] = "zscore"  # score fusion of z-scores or min-max, or rank fusion
     vector_weight: float = 0.5  # weight of the dense side in fusion (the keyword side gets 1 - weight)
     rrf_k: int = 60  # reciprocal-rank-fusion constant

@@ -74,7 +74,7 @@ _CANDIDATES_SQL = {
 
 def fetch_candidates(
     session: Session, *, query: str, query_vec: np.ndarray | None, collection: str, depth: int, mode: SearchMode,
-    where: dict | None, per_term: int = 0,
+    where: dict | None, per_term: int | None = None,
 ) -> Candidates:  # fmt: skip
     """Up to `depth` candidates per side the mode uses, in one round trip."""
     sides = ["vector", "text"] if mode == "hybrid" else [mode]

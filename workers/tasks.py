@@ -11,7 +11,7 @@ from celery import shared_task
 from celery.signals import worker_init, worker_process_shutdown
 from sqlalchemy.exc import OperationalError
 
-from docpipe import drain, processing, search, sweeper
+from docpipe import drain, processing, search, store, sweeper
 from docpipe.errors import RetryableError
 from docpipe.workers import metrics
 from docpipe.workers.app import app
@@ -175,8 +175,10 @@ def rerank(query: str, chunk_ids: list[int]) -> list[list[float]]:
 
 @shared_task(name=SWEEP_TASK, ignore_result=True)
 def sweep() -> dict:
-    """Re-enqueue work whose lease expired or whose message was lost."""
+    """Re-enqueue work whose lease expired or whose message was lost; fold BM25 df deltas."""
     ctx = _ctx()
+    with ctx.sessions.begin() as session:
+        store.compact_term_df(session)
     with app.connection_for_read() as conn:
         backlog = conn.default_channel.client.llen(PARSE_QUEUE)
     found = sweeper.find_stale_work(sessions=ctx.sessions, settings=ctx.settings, parse_backlog=backlog)

@@ -143,26 +143,39 @@ def test_an_unknown_text_configuration_is_refused(sessions) -> None:
         )
 
 
-def test_per_term_bound_keeps_each_terms_highest_impact_postings(sessions, collection) -> None:
+def test_per_term_bound_reads_the_highest_impact_postings_and_completes_their_scores(sessions, collection) -> None:
     with sessions.begin() as s:
         rows = s.execute(
             text("SELECT chunk_id, rank FROM docpipe_text_search('cherry banana', :c, 10, NULL, 1)"),
             {"c": collection.name},
         ).all()
-    # cherry's best posting is c (tf 3); banana's is b (tf 1 in the shorter chunk, over a's tf 1 in dl 3)
-    exact = bm25(["cherry", "banana"], DOCS)
-    with sessions.begin() as s:
         sources = dict(
             s.execute(text("SELECT ch.id, d.source FROM chunks ch JOIN documents d ON d.id = ch.document_id")).all()
         )
+    # One posting per term: cherry's best is c (tf 3), banana's is b (tf 1 in the shorter chunk). b's cherry
+    # posting was not read, but completing b's score adds it; a (banana only, lower impact) is not a candidate.
     got = {sources[r.chunk_id]: r.rank for r in rows}
-    assert set(got) == {"b", "c"}
-    assert got["c"] == pytest.approx(bm25(["cherry"], DOCS)["c"], rel=1e-6)
-    assert got["b"] < exact["b"]  # b's cherry posting was left out by the bound
+    exact = bm25(["cherry", "banana"], DOCS)
+    assert got == pytest.approx({"b": exact["b"], "c": exact["c"]}, rel=1e-6)
+
+
+def test_document_frequencies_fold_into_one_row_per_term(sessions, collection) -> None:
+    add_document(sessions, collection, "d", "fig apple")
+    with sessions.begin() as s:
+        s.execute(text("DELETE FROM documents WHERE collection_id = :c AND source = 'd'"), {"c": collection.id})
+        s.execute(text("SELECT docpipe_compact_term_df()"))
+        rows = s.execute(
+            text("SELECT lexeme, count(*), sum(chunks) FROM chunk_term_df WHERE collection_id = :c GROUP BY lexeme"),
+            {"c": collection.id},
+        ).all()
+    df = {lexeme: (n, total) for lexeme, n, total in rows}
+    assert df == {"apple": (1, 1), "banana": (1, 2), "cherry": (1, 2), "date": (1, 1), "elder": (1, 1)}  # no fig
+    assert text_search(sessions, "apple banana", collection) == pytest.approx(bm25(["apple", "banana"], DOCS))
 
 
 def test_many_postings_of_common_and_rare_terms_score_exactly(sessions) -> None:
-    """Queries over 20,000 postings, common and rare terms mixed (Zipf): the top k is the exact BM25 one."""
+    """Queries over 20,000 postings, common and rare terms mixed (Zipf): exhaustive reading gives the exact
+    top k; the bounded default reads at most 1,000 postings per term, and the scores it returns are exact."""
     import random
 
     rng = random.Random(7)
@@ -184,11 +197,15 @@ def test_many_postings_of_common_and_rare_terms_score_exactly(sessions) -> None:
     for query in ("w000 w001 w002 w003 w004 w005 w006 w007 w150 w210 w299", "w000 w001 w002 w003 w004 w120 w121"):
         postings = sum(term in body.split() for term in set(query.split()) for body in bodies)
         assert postings > 20_000
-        want = sorted(bm25(query.split(), keys).values(), reverse=True)[:10]
+        exact = bm25(query.split(), keys)
+        want = sorted(exact.values(), reverse=True)[:10]
+        sql = (
+            "SELECT ch.ordinal, t.rank FROM docpipe_text_search(:q, :c, 10, NULL, :p) t "
+            "JOIN chunks ch ON ch.id = t.chunk_id"
+        )
         with sessions.begin() as s:
-            got = (
-                s.execute(text("SELECT rank FROM docpipe_text_search(:q, :c, 10)"), {"q": query, "c": coll.name})
-                .scalars()
-                .all()
-            )
-        assert got == pytest.approx(want, rel=1e-6)
+            exhaustive = s.execute(text(sql), {"q": query, "c": coll.name, "p": 0}).all()
+            bounded = s.execute(text(sql), {"q": query, "c": coll.name, "p": None}).all()
+        assert [rank for _, rank in exhaustive] == pytest.approx(want, rel=1e-6)
+        assert {f"c{i}": rank for i, rank in bounded} == pytest.approx({f"c{i}": exact[f"c{i}"] for i, _ in bounded})
+        assert [i for i, _ in bounded] == [i for i, _ in exhaustive]  # and here they are the same top k
