@@ -1,8 +1,9 @@
-"""The lifecycle commands of `docpipe`: delete, sync, update-metadata, problems (registered by `cli`)."""
+"""The lifecycle commands of `docpipe`: delete, sync, update-metadata, problems, reindex (registered by `cli`)."""
 
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -152,9 +153,42 @@ def problems(collection: CollectionOpt = None, as_json: JsonOpt = False, data_di
     Console().print(table)
 
 
+def reindex(
+    model: Annotated[str, typer.Option("--model", "-m", help="Hugging Face id or local model directory.")],
+    collection: CollectionOpt = None,
+    wait: Annotated[bool, typer.Option("--wait", help="Follow progress until the collection switches.")] = False,
+    drop_old: Annotated[bool, typer.Option("--drop-old", help="With --wait: then delete the old vectors.")] = False,
+    timeout_s: Annotated[float | None, typer.Option("--timeout", help="Seconds --wait gives up after.")] = None,
+    data_dir: DataDir = None,
+) -> None:
+    """Embed a collection's stored chunks with another model; searches switch to it once every chunk has one."""
+    try:
+        with _client(data_dir) as client:
+            before = client.reindex_status(collection).model
+            now = client.reindex(collection, model=model)
+            console.print(f"reindexing from {escape(before)} to {escape(model)}: {now.embedded}/{now.chunks} chunks")
+            if not wait:
+                return
+            started = time.monotonic()
+            while now.target is not None:
+                if timeout_s is not None and time.monotonic() - started > timeout_s:
+                    raise ConfigError(f"not switched after {timeout_s:.0f} s: {now.embedded}/{now.chunks} chunks")
+                time.sleep(1.0)
+                now = client.reindex_status(collection)
+                console.print(f"{now.embedded}/{now.chunks} chunks embedded with {escape(model)}")
+            console.print(f"switched to {escape(now.model)} after {time.monotonic() - started:.1f} s")
+            if drop_old and now.model != before:
+                console.print(
+                    f"{client.drop_vectors(before, collection=collection)} vectors of {escape(before)} dropped"
+                )
+    except (DocpipeError, ValueError) as err:
+        _fail(err)
+
+
 def register(app: typer.Typer) -> None:
     """Add the lifecycle commands to the `docpipe` app."""
     app.command()(delete)
     app.command()(sync)
     app.command(name="update-metadata")(update_metadata)
     app.command()(problems)
+    app.command()(reindex)

@@ -13,12 +13,12 @@ from typing import Any
 from sqlalchemy import text
 
 from docpipe import states, store
+from docpipe.client_lifecycle import LifecycleOps
 from docpipe.config import Settings
 from docpipe.db import make_engine, make_sessionmaker, resolve_database_url
 from docpipe.errors import ConfigError
 from docpipe.loading import FileEntry, collect_files, read_document, size_problem
 from docpipe.search import GroupBy, Hit, SearchMode, candidate_depth, group_by_document, search_chunks
-from docpipe.sync import SyncReport, file_digest, plan_sync, scan_root
 from docpipe.task_queue import TaskQueue, load_task_queue
 
 __all__ = ["Client", "FailedDocument", "Hit", "Job"]
@@ -147,7 +147,7 @@ class FailedDocument:
     updated_at: Any = field(default=None)
 
 
-class Client:
+class Client(LifecycleOps):
     """Enqueue documents and search them.
 
     ``Client()`` finds the database and broker from ``DATABASE_URL``/``REDIS_URL``
@@ -312,16 +312,23 @@ class Client:
             coll = store.get_collection(session, collection)
         if coll is None:
             raise ConfigError(f"unknown collection: {collection!r}")
-        query_vec = None if mode == "text" else self.embedder(coll.model).embed_query(query)
         config = self.settings.search
         rerank_n = self.settings.rerank.candidates if rerank else 0
         depth = candidate_depth(k, config, mode=mode, group_by=group_by, rerank_candidates=rerank_n)
         fused_group = None if rerank else group_by  # a reranked list is grouped after the cross-encoder
-        with self.sessions.begin() as session:
-            hits = search_chunks(
-                session, query=query, query_vec=query_vec, collection=collection, depth=depth, config=config,
-                mode=mode, where=where, limit=max(k, rerank_n), group_by=fused_group,
-            )  # fmt: skip
+        while True:  # a reindex may switch the collection's model after the query was embedded: embed again
+            query_vec = None if mode == "text" else self.embedder(coll.model).embed_query(query)
+            with self.sessions.begin() as session:
+                session.execute(text("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ"))  # the model seen = used
+                now = store.get_collection(session, collection)
+                if now is not None and now.model_id != coll.model_id:
+                    coll = now
+                    continue
+                hits = search_chunks(
+                    session, query=query, query_vec=query_vec, collection=collection, depth=depth, config=config,
+                    mode=mode, where=where, limit=max(k, rerank_n), group_by=fused_group,
+                )  # fmt: skip
+            break
         if rerank and hits:
             hits = self._rerank(query, hits[:rerank_n], timeout_s=timeout_s)
             if group_by == "document":
@@ -346,117 +353,6 @@ class Client:
             out.append(hit)
         return out
 
-    # --- lifecycle ------------------------------------------------------------
-
-    def _selection(
-        self,
-        ids: Sequence[int] | None,
-        key: str | Sequence[str] | None,
-        prefix: str | None,
-        glob: str | None,
-        where: dict[str, Any] | None,
-    ) -> store.Selection:
-        if prefix is not None and glob is not None:
-            raise ValueError("give prefix or glob, not both")
-        like = store.prefix_to_like(prefix) if prefix is not None else store.glob_to_like(glob) if glob else None
-        keys = [key] if isinstance(key, str) else key
-        return store.Selection(ids=ids, keys=keys, key_like=like, where=where)
-
-    def delete(
-        self,
-        ids: Sequence[int] | None = None,
-        *,
-        key: str | Sequence[str] | None = None,
-        prefix: str | None = None,
-        glob: str | None = None,
-        where: dict[str, Any] | None = None,
-        collection: str | None = None,
-        dry_run: bool = False,
-    ) -> list[store.DocumentRef]:
-        """Delete documents (every version of them) by ids, key(s), key prefix or glob, and/or metadata filter.
-
-        All criteria given must hold. Chunks, vectors and queue rows go in the
-        same transaction; workers still busy with them find them gone. Keys of
-        files are their resolved paths. `dry_run`: list what would go, delete nothing.
-        """
-        collection = self._collection_name(collection)
-        sel = self._selection(ids, key, prefix, glob, where)
-        with self.sessions.begin() as session:
-            coll = self._existing_collection(session, collection)
-            if dry_run:
-                return store.select_documents(session, coll.id, sel)
-            return store.delete_documents(session, collection, sel)
-
-    def update_metadata(
-        self,
-        where_or_ids: dict[str, Any] | Sequence[int],
-        patch: dict[str, Any],
-        *,
-        collection: str | None = None,
-        replace: bool = False,
-    ) -> int:
-        """Merge `patch` into the metadata of documents chosen by a metadata filter (dict) or ids; how many.
-
-        A None value removes that key; `replace` makes `patch` the whole metadata.
-        Nothing is parsed or embedded again: search filters see it at once.
-        """
-        collection = self._collection_name(collection)
-        if isinstance(where_or_ids, dict):
-            sel = store.Selection(where=where_or_ids)
-        else:
-            sel = store.Selection(ids=list(where_or_ids))
-        with self.sessions.begin() as session:
-            coll = self._existing_collection(session, collection)
-            return store.update_metadata(session, coll.id, sel, patch, replace=replace)
-
-    def sync(
-        self,
-        root: str | Path,
-        *,
-        collection: str | None = None,
-        dry_run: bool = False,
-        metadata: dict[str, Any] | None = None,
-        wait: bool = False,
-        timeout_s: float | None = None,
-    ) -> SyncReport:
-        """Make the collection's documents under `root` match the files there: add, replace, rename, delete.
-
-        Unchanged files cost a read and a hash. Running it again changes nothing.
-        `wait`: block until the new versions are ready or failed (`failed` then counts both kinds).
-        """
-        collection, metadata = self._collection_name(collection), _checked(metadata)
-        started = time.perf_counter()
-        root = Path(root).expanduser().resolve()
-        if not root.is_dir():
-            raise ConfigError(f"not a directory: {root}")
-        entries, skipped = scan_root(root, max_bytes=self.settings.parse.max_bytes)
-        digests = {key: file_digest(entry) for key, entry in entries.items()}
-        coll = self._ensure_collection(collection)
-        with self.sessions.begin() as session:
-            stored = store.key_versions(session, coll.id, store.prefix_to_like(str(root).rstrip("/") + "/"))
-        plan = plan_sync(digests, {key: v.sha256 for key, v in stored.items()})
-        report = SyncReport(collection, str(root), plan, dry_run, skipped=skipped)
-        changed = [entries[key] for key in (*plan.add, *plan.replace)]
-        report.failed = sum(entry.problem is not None for entry in changed)
-        if not dry_run:
-            with self.sessions.begin() as session:
-                for old, new in plan.rename:
-                    store.rename_document(session, coll.id, old, new)
-                if plan.delete:
-                    store.delete_documents(session, collection, store.Selection(keys=plan.delete))
-            if changed:
-                job = self._store_all(collection, (self._new_document(e, metadata) for e in changed), started=started)
-                report.document_ids = job.document_ids
-                if wait:
-                    report.failed = job.wait(timeout_s=timeout_s).get(states.DocState.FAILED, 0)
-        report.seconds = time.perf_counter() - started
-        return report
-
-    def _existing_collection(self, session: Any, name: str) -> store.CollectionInfo:
-        if (coll := store.get_collection(session, name)) is None:
-            raise ConfigError(f"unknown collection: {name!r}")
-        return coll
-
     # --- operations -----------------------------------------------------------
 
     def status(self, collection: str | None = None) -> dict[str, Any]:
@@ -464,11 +360,6 @@ class Client:
         (failed + no_text), chunk and vector counts."""
         with self.sessions.begin() as session:
             return store.collection_status(session, collection)
-
-    def problems(self, collection: str | None = None, *, limit: int = 1000) -> list[store.Problem]:
-        """Documents that are not searchable (failed, or no text found) with their reasons, newest first."""
-        with self.sessions.begin() as session:
-            return store.problems(session, collection, limit=limit)
 
     def failed(self, collection: str | None = None, *, limit: int = 1000) -> list[FailedDocument]:
         """Failed documents with their reasons, newest first."""

@@ -41,6 +41,7 @@ class EmbedStats:
     padded_tokens: int = 0  # token slots the forward passes computed, padding included
     index_deferred: bool = False  # this drain dropped the HNSW index for a bulk load
     index_build_s: float = 0.0  # seconds spent rebuilding it at the end
+    switched: list[str] = field(default_factory=list)  # collections this drain moved to the model (reindex)
     batch_sizes: list[int] = field(default_factory=list)
 
     @property
@@ -126,11 +127,13 @@ def embed_pending(
         depth=depth,
         micro_batch_tokens=micro_batch_tokens or settings.embed.micro_batch_tokens,
     )
-    if max_batches is None:  # drained: build the index a bulk load dropped
+    if max_batches is None:  # drained: build the index a bulk load dropped, switch reindexed collections
         t0 = time.perf_counter()
         with sessions.begin() as session:
             if store.rebuild_deferred_index(session, model_id):
                 stats.index_build_s = time.perf_counter() - t0
+        with sessions.begin() as session:
+            stats.switched = store.switch_finished(session, model_id)
     stats.wall_s = time.perf_counter() - started
     return stats
 

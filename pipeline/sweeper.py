@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from sqlalchemy import text
 from sqlalchemy.orm import Session, sessionmaker
 
-from docpipe import states
+from docpipe import states, store
 from docpipe.config import Settings
 
 
@@ -21,6 +21,7 @@ class StaleWork:
     parse: list[int] = field(default_factory=list)  # document ids to enqueue for parsing
     embed_models: list[str] = field(default_factory=list)  # models with claimable pending chunks
     failed: int = 0  # documents failed for running out of attempts
+    switched: list[str] = field(default_factory=list)  # collections moved to their reindexed model
 
 
 def find_stale_work(
@@ -66,5 +67,7 @@ def find_stale_work(
         )
     with sessions.begin() as session:  # last chunks embedded by a batch that died before marking them
         states.embedded_to_ready(session, limit=limit)
+    with sessions.begin() as session:  # reindexes whose last vectors were written by such a batch
+        out.switched = store.switch_finished(session)
     out.parse.sort()
     return out

@@ -201,13 +201,14 @@ def save_chunks(
                         c.ocr_confidence,
                     )
                 )
-        session.execute(
+        session.execute(  # for the collection's model, and the one a reindex is moving it to
             text(
                 "INSERT INTO embedding_queue (chunk_id, model_id, document_id, token_count) "
-                "SELECT id, :m, document_id, token_count FROM chunks WHERE document_id = :d "
-                "ON CONFLICT DO NOTHING"
+                "SELECT ch.id, m.id, ch.document_id, ch.token_count FROM chunks ch "
+                "JOIN collections c ON c.id = :c, LATERAL (VALUES (c.model_id), (c.next_model_id)) AS m(id) "
+                "WHERE ch.document_id = :d AND m.id IS NOT NULL ON CONFLICT DO NOTHING"
             ),
-            {"m": doc.model_id, "d": doc.id},
+            {"c": doc.collection_id, "d": doc.id},
         )
     return states.finish_parse(session, doc.id, chunks=len(chunks), page_count=page_count, title=title)
 

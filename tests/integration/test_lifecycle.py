@@ -285,3 +285,53 @@ def test_zero_chunk_documents_are_problems_not_hidden_among_ready(sessions, coll
         found = store.problems(s, collection.name)
     assert status["no_text"] == 1 and status["problems"] == 1
     assert [(p.id, p.problem, p.reason) for p in found] == [(doc_id, "no_text", states.NO_TEXT_REASON)]
+
+
+def test_reindex_switches_in_one_transaction_once_every_chunk_has_its_new_vector(sessions, collection) -> None:
+    first = ingest(sessions, collection, "x.txt", "alpha x\nbeta x")
+    with sessions.begin() as s:
+        new_model = store.ensure_model(s, f"test/life-4d-{collection.name}", 4)
+        queued = store.start_reindex(s, collection.id, new_model)
+    assert queued == 2
+    old_query, new_query = "[" + ",".join(["0.1"] * DIM) + "]", "[0.1,0.2,0.3,0.4]"
+
+    def vector_search(q: str) -> set[str]:
+        with sessions.begin() as s:
+            return set(
+                s.execute(
+                    text("SELECT text FROM docpipe_search(CAST(:q AS vector), :c, 10)"), {"q": q, "c": collection.name}
+                ).scalars()
+            )
+
+    # A document parsed mid-reindex is queued for both models and is ready only with both vectors.
+    second, _ = store_version(sessions, collection, "y.txt", "gamma y")
+    parse(sessions, second, "gamma y")
+    with sessions.begin() as s:
+        models = s.execute(
+            text("SELECT model_id FROM embedding_queue WHERE document_id = :d ORDER BY model_id"), {"d": second}
+        ).scalars()
+        assert list(models) == sorted([collection.model_id, new_model])
+    embed(sessions, collection, second)  # the old model's vectors only (embed() writes DIM-d vectors)
+    with sessions.begin() as s:
+        assert s.execute(text("SELECT state FROM documents WHERE id = :d"), {"d": second}).scalar() == "embedding"
+    assert vector_search(old_query) == {"alpha x", "beta x"}
+
+    with sessions.begin() as s:
+        pending = store.claim_pending_chunks(s, new_model, max_tokens=10_000, lease_s=60)
+    assert {c.document_id for c in pending} == {first, second}
+    half = len(pending) // 2
+    with sessions.begin() as s:
+        store.write_embeddings(s, new_model, [c.chunk_id for c in pending[:half]], np.ones((half, 4), np.float32))
+        assert store.switch_finished(s, new_model) == []
+    assert vector_search(old_query) == {"alpha x", "beta x"}  # during: the old model answers
+    rest = pending[half:]
+    with sessions.begin() as s:
+        store.write_embeddings(s, new_model, [c.chunk_id for c in rest], np.ones((len(rest), 4), np.float32))
+        assert store.switch_finished(s, new_model) == [collection.name]
+    assert vector_search(new_query) == {"alpha x", "beta x", "gamma y"}  # after: the new one, with y now ready
+    with sessions.begin() as s:
+        progress = store.reindex_progress(s, collection.name)
+        assert progress.target is None and progress.model.startswith("test/life-4d")
+        with pytest.raises(Exception, match="searches with"):
+            store.drop_model_vectors(s, collection.id, new_model)
+        assert store.drop_model_vectors(s, collection.id, collection.model_id) == 3
