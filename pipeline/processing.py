@@ -17,7 +17,7 @@ from docpipe import store
 from docpipe.chunk import ChunkTokenizer, chunk_document, chunk_tokenizer
 from docpipe.config import Settings
 from docpipe.errors import PermanentError, RetryableError
-from docpipe.parse import PDF, SandboxedParser, normalize_media_type, with_page_range
+from docpipe.parse import IMAGES, PDF, SandboxedParser, normalize_media_type, with_page_range
 from docpipe.types import ParsedDocument
 
 log = logging.getLogger(__name__)
@@ -72,7 +72,8 @@ def parse_document(
 ) -> ParseOutcome:
     """Claim, parse (sandboxed), chunk and store one document.
 
-    A PDF longer than `parse.split_pages` is split: this call parses the first
+    A PDF longer than `parse.split_pages` (a scan: `ocr.split_pages`; an image: more frames than
+    `ocr.split_pages`) is split: this call parses the first
     range and returns the other parts for separate tasks (see `parse_part`).
     Permanent errors fail the document with their message as the reason;
     retryable ones put it back to `queued` and propagate, until the attempt
@@ -84,11 +85,15 @@ def parse_document(
     if doc is None:
         return ParseOutcome(document_id, "skipped")
     split = settings.parse.split_pages
-    splittable = split > 0 and normalize_media_type(doc.media_type) == PDF
-    budget = settings.ocr.split_pages if splittable and settings.ocr.mode != "off" else None
+    kind = normalize_media_type(doc.media_type)
+    ocr_on = settings.ocr.mode != "off"
+    if kind in IMAGES and split > 0 and ocr_on:  # every frame is OCR'd: ranges of ocr.split_pages frames
+        split = settings.ocr.split_pages
+    splittable = split > 0 and (kind == PDF or (kind in IMAGES and ocr_on))
+    budget = settings.ocr.split_pages if splittable and ocr_on else None
     try:
         parsed = parser.parse(
-            doc.content, with_page_range(PDF, 1, split) if splittable else doc.media_type, ocr_budget=budget
+            doc.content, with_page_range(kind, 1, split) if splittable else doc.media_type, ocr_budget=budget
         )
         ranges = _rest_of(parsed, settings) if splittable else []
         if ranges:
@@ -138,7 +143,7 @@ def parse_part(
         return ParseOutcome(document_id, "skipped")
     doc = work.claim
     try:
-        parsed = parser.parse(doc.content, with_page_range(PDF, work.page_start, work.page_end))
+        parsed = parser.parse(doc.content, with_page_range(doc.media_type, work.page_start, work.page_end))
     except PermanentError as err:
         with sessions.begin() as session:
             store.fail_document(session, doc, f"pages {work.page_start}-{work.page_end}: {err}")

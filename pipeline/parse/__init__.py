@@ -31,6 +31,7 @@ if TYPE_CHECKING:
     from docpipe.config import OcrConfig
 
 __all__ = [
+    "IMAGES",
     "PDF",
     "SUPPORTED_MEDIA_TYPES",
     "SandboxedParser",
@@ -67,7 +68,7 @@ def parse_bytes(
     if kind == PDF:
         return parse(data, max_pages=max_pages, pages=page_range(media_type), ocr=ocr, ocr_budget=ocr_budget)
     if kind in IMAGES:
-        return parse(data, max_pages=max_pages, ocr=ocr)
+        return parse(data, max_pages=max_pages, pages=page_range(media_type), ocr=ocr)
     return parse(data)
 
 

@@ -55,22 +55,33 @@ def render_frame(image: Image.Image, page: int) -> np.ndarray:
     return np.asarray(frame, dtype=np.uint8)
 
 
-def parse_image(data: bytes, *, max_pages: int, ocr: OcrConfig | None = None) -> ParsedDocument:
-    """The text OCR reads on each frame; an image has no text layer, so with OCR off it has no blocks."""
+def parse_image(
+    data: bytes, *, max_pages: int, pages: tuple[int, int] | None = None, ocr: OcrConfig | None = None
+) -> ParsedDocument:
+    """The text OCR reads on each frame; an image has no text layer, so with OCR off it has no blocks.
+
+    ``pages`` (first, last; 1-based, inclusive) reads only those frames, for a long TIFF split across
+    workers (``parsed_to`` then says where the range ended); ``page_count`` is always all frames.
+    """
     image = _open(data)
     page_count = int(getattr(image, "n_frames", 1) or 1)
     if page_count > max_pages:
         raise TooLarge(f"image has {page_count} frames, more than the limit of {max_pages}")
+    first, last = pages or (1, page_count)
+    last = min(last, page_count)
     found: list[str] = []
     blocks: list[Block] = []
     if ocr is None or ocr.mode == "off":
         found.append("OCR is off: an image has no text layer")
     else:
-        pages = list(range(1, min(page_count, ocr.max_pages) + 1))
-        for result in read_pages(lambda page: render_frame(image, page), pages, ocr):
+        numbers = list(range(max(first, 1), min(last, ocr.max_pages) + 1))
+        for result in read_pages(lambda page: render_frame(image, page), numbers, ocr):
             if result.error:
                 found.append(result.error)
             blocks.extend(Block(text, result.page, ocr_confidence=conf) for text, conf in result.blocks)
         if not blocks:
-            found.append(f"no text found, even after OCR of {len(pages)} pages")
-    return ParsedDocument(blocks=blocks, page_count=page_count, title=None, warnings=truncate_warnings(found))
+            found.append(f"no text found, even after OCR of {len(numbers)} pages")
+    parsed_to = last if last < page_count else None
+    return ParsedDocument(
+        blocks=blocks, page_count=page_count, title=None, warnings=truncate_warnings(found), parsed_to=parsed_to
+    )

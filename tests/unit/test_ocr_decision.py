@@ -83,3 +83,22 @@ def test_a_born_digital_pdf_is_not_ocrd() -> None:
     parsed = parse_bytes(data, "application/pdf", max_pages=10, ocr=OcrConfig())
     assert parsed.blocks and all(b.ocr_confidence is None for b in parsed.blocks)
     assert "word for word" in parsed.blocks[0].text
+
+
+def test_chunks_carry_the_token_weighted_ocr_confidence(minilm_dir) -> None:
+    import tokenizers
+
+    from docpipe.chunk import chunk_blocks
+    from docpipe.types import Block
+
+    tokenizer = tokenizers.Tokenizer.from_file(str(minilm_dir / "tokenizer.json"))
+    blocks = [
+        Block("Typed text from the layer " * 3, 1),
+        Block("scanned words read by ocr " * 3, 2, ocr_confidence=0.9),
+        Block("more scanned words " * 3, 2, ocr_confidence=0.6),
+        Block("another typed page of text " * 40, 3),
+    ]
+    chunks = chunk_blocks(blocks, tokenizer, max_tokens=64, overlap_tokens=0)
+    first, last = chunks[0], chunks[-1]
+    assert first.ocr and 0.6 < first.ocr_confidence < 0.9  # both OCR'd blocks, weighted by their tokens
+    assert not last.ocr and last.ocr_confidence is None  # text layer only

@@ -47,7 +47,8 @@ def texts(doc: ParsedDocument) -> list[str]:
         ("page.html", b"<p>hi", HTML),
         ("no-extension", b"  <!DOCTYPE html><html>", HTML),
         ("archive.zip", b"PK\x03\x04 just a zip", None),
-        ("photo.png", b"\x89PNG\r\n", None),
+        ("photo.bin", b"\x89PNG\r\n\x1a\n", "image/png"),  # images are documents, read by OCR
+        ("clip.gif", b"GIF89a", None),
         ("sheet.xlsx", b"PK\x03\x04 xl/workbook.xml", None),
     ],
 )
@@ -67,7 +68,7 @@ def test_corpus_files_are_detected(corpus_dir: Path, manifest: list[dict[str, st
 # --- errors that apply to every format ---------------------------------------------------------
 
 
-@pytest.mark.parametrize("media_type", ["image/png", "application/msword", "", "text/csv"])
+@pytest.mark.parametrize("media_type", ["image/gif", "application/msword", "", "text/csv"])
 def test_unsupported_type(media_type: str) -> None:
     with pytest.raises(UnsupportedType, match="unsupported media type"):
         parse(b"data", media_type)
