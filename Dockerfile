@@ -6,6 +6,9 @@ ARG TORCH_VERSION=2.13.0
 ARG TORCH_INDEX=https://download.pytorch.org/whl/cu128
 ENV PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1
 
+# OpenCV, which the OCR engine (rapidocr-onnxruntime) pulls in, loads libGL and GLib.
+RUN apt-get update && apt-get install -y --no-install-recommends libgl1 libglib2.0-0 \
+    && rm -rf /var/lib/apt/lists/*
 RUN useradd --create-home --uid 10001 docpipe
 WORKDIR /app
 RUN pip install "torch==${TORCH_VERSION}" --index-url "${TORCH_INDEX}"

@@ -7,6 +7,7 @@ Format parsers are imported on first use, so importing this package stays cheap.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 from typing import TYPE_CHECKING
 
@@ -76,4 +77,7 @@ def preload_parsers() -> None:
     """Import every format parser now (the sandbox child pays pymupdf's ~1 s import once)."""
     for module, _ in _PARSERS.values():
         importlib.import_module(module)
-    importlib.import_module("rapidocr_onnxruntime")  # ~0.4 s per forked OCR helper otherwise (models load there)
+    # ~0.4 s per forked OCR helper otherwise (the models load there). Without it (OpenCV without
+    # libGL, say) other formats still parse and the OCR helper reports the error per page.
+    with contextlib.suppress(ImportError):
+        importlib.import_module("rapidocr_onnxruntime")

@@ -58,7 +58,11 @@ def _helper(write_fd: int, render: Renderer, pages: Sequence[int], config: OcrCo
         signal.alarm(int(LOAD_ALLOWANCE_S + config.page_timeout_s * len(pages)) + 1)
         from docpipe.parse.ocr import OcrEngine
 
-        engine = OcrEngine(config)
+        try:
+            engine = OcrEngine(config)
+        except Exception as err:  # e.g. OpenCV without libGL: say so rather than crash
+            write_all(write_fd, frame(encode_json({"ready": False, "error": f"{type(err).__name__}: {err}"[:300]})))
+            raise
         write_all(write_fd, frame(encode_json({"ready": True})))
         for page in pages:
             try:
@@ -124,7 +128,7 @@ def read_pages(render: Renderer, pages: Sequence[int], config: OcrConfig) -> Ite
         try:
             ready = helper.next_reply(time.monotonic() + LOAD_ALLOWANCE_S)
             if not isinstance(ready, dict) or not ready.get("ready"):
-                reason = f"OCR engine failed to start ({ready if isinstance(ready, str) else 'bad reply'})"
+                reason = f"OCR engine failed to start ({ready if isinstance(ready, str) else ready.get('error')})"
                 yield from (PageText(page, [], f"page {page}: {reason}") for page in todo)
                 return
             while todo:
