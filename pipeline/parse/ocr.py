@@ -64,8 +64,10 @@ class OcrEngine:
 
     def __init__(self, config: OcrConfig) -> None:
         logging.getLogger("RapidOCR").setLevel(logging.ERROR)  # it logs provider choices at WARNING
+        import cv2
         from rapidocr_onnxruntime import RapidOCR
 
+        cv2.setNumThreads(config.threads)  # OpenCV's own pool (crops, resizes) stays within the bound too
         cuda = cuda_available(config.device)
         self.cuda = cuda
         self._ocr = RapidOCR(
