@@ -47,11 +47,16 @@ class OcrConfig(BaseModel):
 
     mode: Literal["auto", "off", "force"] = "auto"  # auto: pages without a usable text layer; force: every page
     dpi: int = Field(default=200, ge=72, le=600)  # render resolution, dots per inch (10-pt text ~28 px high)
-    page_timeout_s: float = Field(default=25.0, gt=0)  # wall seconds to render and read one page
+    page_timeout_s: float = Field(default=50.0, gt=0)  # wall seconds to render and read one page
     max_pages: int = Field(default=500, ge=0)  # only pages 1..max_pages of a document are OCR'd
-    split_pages: int = Field(default=4, ge=1)  # scanned PDFs are parsed in ranges of this many pages (< timeout)
+    split_pages: int = Field(default=2, ge=1)  # scanned PDFs are parsed in ranges of this many pages (< timeout)
     threads: int = Field(default=1, ge=1)  # onnxruntime threads per parse process (parse processes run in parallel)
     device: Device = "auto"  # auto: onnxruntime's CUDA provider when installed (onnxruntime-gpu), else CPU
+
+    @property
+    def request_allowance_s(self) -> float:
+        """Wall seconds a parse request gets on top of parse.timeout_s: a range of scans at the page limit."""
+        return self.split_pages * self.page_timeout_s if self.mode != "off" else 0.0
 
 
 class TokenChunker(BaseModel):
@@ -142,9 +147,11 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _leases_outlive_work(self) -> Settings:
-        if self.worker.lease_s <= self.parse.timeout_s:
+        parse_s = self.parse.timeout_s + self.ocr.request_allowance_s
+        if self.worker.lease_s <= parse_s:
             raise ValueError(
-                f"worker.lease_s ({self.worker.lease_s} s) must exceed parse.timeout_s ({self.parse.timeout_s:g} s), "
+                f"worker.lease_s ({self.worker.lease_s} s) must exceed parse.timeout_s ({self.parse.timeout_s:g} s) "
+                f"+ ocr.split_pages x ocr.page_timeout_s ({self.ocr.request_allowance_s:g} s), "
                 "or a slow parse would be handed to a second worker"
             )
         return self

@@ -73,7 +73,8 @@ def stack_settings(
         parse=ParseLimits(timeout_s=min(30.0, float(defaults["lease_s"]) / 2)),
         rerank=RerankConfig(model=str(reranker)) if reranker else RerankConfig(),
         embed=EmbedConfig(backend=backend),
-        ocr=OcrConfig(split_pages=1),  # one scanned page per parse request: fits the short parse timeout
+        # One scanned page per parse request, and the request (parse timeout + page limit) within the lease.
+        ocr=OcrConfig(split_pages=1, page_timeout_s=min(20.0, float(defaults["lease_s"]) / 2 - 1)),
     )
 
 

@@ -188,6 +188,7 @@ class SandboxedParser:
         ``ocr``: OCR settings (None: scanned pages and images yield no text)."""
         self.limits = limits
         self.ocr = ocr if ocr is not None and ocr.mode != "off" else None
+        self.timeout_s = limits.timeout_s + (self.ocr.request_allowance_s if self.ocr else 0.0)
         self._env = {**os.environ, **_CHILD_ENV, **(env or {})}
         self._recycle_after = recycle_after
         self._lock = threading.Lock()
@@ -202,7 +203,7 @@ class SandboxedParser:
         header = {
             "media_type": media_type,
             "max_pages": self.limits.max_pages,
-            "timeout_s": self.limits.timeout_s,
+            "timeout_s": self.timeout_s,
             "ocr": self.ocr.model_dump() if self.ocr else None,
             "ocr_budget": ocr_budget,
         }
@@ -217,8 +218,8 @@ class SandboxedParser:
         child = self._ready_child()
         reply = _guarded(
             child,
-            lambda: child.request(header, data, time.monotonic() + self.limits.timeout_s),
-            timed_out=f"parser timed out after {self.limits.timeout_s:g} s",
+            lambda: child.request(header, data, time.monotonic() + self.timeout_s),
+            timed_out=f"parser timed out after {self.timeout_s:g} s",
             died="parser crashed",
         )
         child.documents += 1
