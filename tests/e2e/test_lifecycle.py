@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import shutil
 import time
 from pathlib import Path
@@ -144,3 +146,84 @@ def test_delete_racing_the_pipeline_leaves_nothing_behind(client, tmp_path: Path
         ).scalar_one()
     assert left == 0
     assert job.wait(timeout_s=5) == {"deleted": len(deleted)}
+
+
+def second_model(root: Path, minilm_dir: Path) -> Path:
+    """Another model directory: MiniLM's weights with CLS pooling, so its vectors differ from the first model's."""
+    target = root / "minilm-cls"
+    target.mkdir()
+    for item in minilm_dir.iterdir():
+        if item.name != "1_Pooling":
+            (target / item.name).symlink_to(item)
+    (target / "1_Pooling").mkdir()
+    config = json.loads((minilm_dir / "1_Pooling" / "config.json").read_text())
+    config.update(pooling_mode_cls_token=True, pooling_mode_mean_tokens=False)
+    (target / "1_Pooling" / "config.json").write_text(json.dumps(config))
+    return target
+
+
+def test_reindex_to_a_second_model_answers_from_the_old_model_until_the_switch(
+    client, tmp_path: Path, minilm_dir: Path
+) -> None:
+    coll = COLLECTION + "-reindex"
+    topics = ["apple harvest", "bridge cables", "canal locks", "elevator firmware", "glacier melt", "harbor cranes"]
+    docs = [(f"r-{i}", f"Notes on {t}. The {t} were reviewed in detail.".encode(), "text/plain")
+            for i, t in enumerate(topics)]  # fmt: skip
+    assert client.ingest_bytes(docs, collection=coll).wait(timeout_s=300) == {"ready": len(docs)}
+    query = "notes on the canal locks"
+
+    def answer() -> list[tuple[int, float]]:
+        hits = client.search(query, collection=coll, mode="vector", k=3)
+        assert hits, "a search returned nothing"
+        return [(h.chunk_id, round(h.score, 5)) for h in hits]
+
+    old_model = client.reindex_status(coll).model
+    before = answer()
+    new_model = str(second_model(tmp_path, minilm_dir))
+    started = time.perf_counter()
+    progress = client.reindex(coll, model=new_model)
+    assert progress.target in (new_model, None)
+    during: list[list[tuple[int, float]]] = []
+    deadline = time.monotonic() + 600
+    while (status := client.reindex_status(coll)).target is not None:
+        got = answer()
+        if client.reindex_status(coll).target is not None:  # still not switched after the search: old model
+            during.append(got)
+        assert time.monotonic() < deadline
+        time.sleep(0.2)
+    switch_s = time.perf_counter() - started
+    assert status.model == new_model
+    assert all(d == before for d in during)
+    after = answer()
+    assert after != before and after[0][0] == before[0][0]  # another model's scores, the same best chunk
+    print(f"\nreindex of {len(docs)} documents to a second model switched after {switch_s:.1f} s")
+    assert client.drop_vectors(old_model, collection=coll) == len(docs)
+    assert answer() == after
+
+
+def test_readme_lifecycle_sql_runs(client) -> None:
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    section = readme[readme.index("## Lifecycle") : readme.index("\n## ", readme.index("## Lifecycle") + 1)]
+    statements = [
+        stmt.strip()
+        for block in re.findall(r"```postgresql\n(.*?)```", section, flags=re.S)
+        for stmt in block.split(";\n")
+        if stmt.strip() and not all(line.startswith("--") for line in stmt.strip().splitlines())
+    ]
+    assert len(statements) == 3
+    coll = COLLECTION + "-sql"
+    docs = [
+        ("/srv/share/old/a.txt", b"Old report on the archive.", "text/plain"),
+        ("/srv/share/empty.txt", b"", "text/plain"),  # refused at ingest: a problem with its reason
+    ]
+    job = client.ingest_bytes(docs, collection=coll)
+    ops = [("/srv/share/ops.txt", b"Operations runbook for the night shift.", "text/plain")]
+    job.document_ids += client.ingest_bytes(ops, collection=coll, metadata={"team": "ops"}).document_ids
+    assert job.wait(timeout_s=300) == {"ready": 2, "failed": 1}
+    with client.sessions.begin() as s:
+        results = [s.execute(text(stmt.replace("'docs'", f"'{coll}'"))).all() for stmt in statements]
+    assert [r[1] for r in results[0]] == ["/srv/share/old/a.txt"]
+    assert [r[1] for r in results[1]] == ["/srv/share/ops.txt"]
+    assert [(r.source, r.problem, r.reason) for r in results[2]] == [
+        ("/srv/share/empty.txt", "failed", "empty file (0 bytes)")
+    ]
