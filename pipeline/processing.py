@@ -15,7 +15,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from docpipe import store
 from docpipe.chunk import ChunkTokenizer, chunk_document, chunk_tokenizer
-from docpipe.config import Settings
+from docpipe.config import Settings, TokenChunker
 from docpipe.errors import PermanentError, RetryableError
 from docpipe.parse import IMAGES, PDF, SandboxedParser, normalize_media_type, with_page_range
 from docpipe.types import ParsedDocument
@@ -34,8 +34,13 @@ class ParseOutcome:
     parts: list[int] = field(default_factory=list)  # page-range parts to enqueue, when split
 
 
-def _tokenizer_for(settings: Settings) -> Callable[[str], ChunkTokenizer]:
-    return lambda model: chunk_tokenizer(model, settings.model_cache_dir, settings.chunk.max_tokens)
+def _tokenizer_for(settings: Settings) -> Callable[[str, int], ChunkTokenizer]:
+    return lambda model, max_tokens: chunk_tokenizer(model, settings.model_cache_dir, max_tokens)
+
+
+def chunker_of(doc: store.ClaimedDocument, settings: Settings) -> TokenChunker:
+    """The collection's recorded chunker settings; this worker's own only for collections that predate them."""
+    return TokenChunker.model_validate(doc.chunking) if doc.chunking else settings.chunk
 
 
 def _save(
@@ -68,7 +73,7 @@ def parse_document(
     sessions: sessionmaker[Session],
     parser: SandboxedParser,
     settings: Settings,
-    tokenizer_for: Callable[[str], ChunkTokenizer] | None = None,
+    tokenizer_for: Callable[[str, int], ChunkTokenizer] | None = None,
 ) -> ParseOutcome:
     """Claim, parse (sandboxed), chunk and store one document.
 
@@ -103,9 +108,9 @@ def parse_document(
             if not kept:
                 return ParseOutcome(doc.id, "skipped", reason="claim lost to a newer attempt")
             return ParseOutcome(doc.id, "split", attempt=doc.attempts, parts=list(range(1, len(ranges) + 1)))
-        chunks = chunk_document(
-            parsed.blocks, tokenizer_for(doc.model), overlap_tokens=settings.chunk.overlap_tokens, title=parsed.title
-        )
+        chunker = chunker_of(doc, settings)
+        tok = tokenizer_for(doc.model, chunker.max_tokens)
+        chunks = chunk_document(parsed.blocks, tok, overlap_tokens=chunker.overlap_tokens, title=parsed.title)
     except PermanentError as err:
         with sessions.begin() as session:
             store.fail_document(session, doc, str(err))
@@ -128,7 +133,7 @@ def parse_part(
     sessions: sessionmaker[Session],
     parser: SandboxedParser,
     settings: Settings,
-    tokenizer_for: Callable[[str], ChunkTokenizer] | None = None,
+    tokenizer_for: Callable[[str, int], ChunkTokenizer] | None = None,
 ) -> ParseOutcome:
     """Parse one page range of a split PDF; the last part to finish chunks the whole document.
 
@@ -154,6 +159,7 @@ def parse_part(
         return ParseOutcome(doc.id, "parsing")
     with sessions.begin() as session:
         blocks = store.part_blocks(session, doc.id)
-    tok = (tokenizer_for or _tokenizer_for(settings))(doc.model)
-    chunks = chunk_document(blocks, tok, overlap_tokens=settings.chunk.overlap_tokens, title=parsed.title)
+    chunker = chunker_of(doc, settings)
+    tok = (tokenizer_for or _tokenizer_for(settings))(doc.model, chunker.max_tokens)
+    chunks = chunk_document(blocks, tok, overlap_tokens=chunker.overlap_tokens, title=parsed.title)
     return _save(sessions, doc, chunks, ParsedDocument(blocks, parsed.page_count, parsed.title))

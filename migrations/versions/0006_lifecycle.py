@@ -12,6 +12,9 @@
   metadata filter in one transaction; chunks, vectors, postings, queue rows
   and page-range parts go with them (cascades and the 0005 triggers).
 - `docpipe_problems`: failed documents and ready ones without searchable text, with the reason.
+- `collections.chunking`: the chunker settings recorded when the collection
+  was created (JSON of `TokenChunker`); every worker chunks the collection
+  with them. NULL for collections created earlier: workers use their own.
 - `collections.next_model_id`: the model a reindex is embedding the
   collection's chunks with; one transaction makes it `model_id` once every
   chunk has its vector (searches use `model_id` until then).
@@ -33,6 +36,7 @@ depends_on = None
 UPGRADE = r"""
 ALTER TABLE collections ADD COLUMN next_model_id integer REFERENCES embedding_models (id)
     CHECK (next_model_id <> model_id);
+ALTER TABLE collections ADD COLUMN chunking jsonb;
 ALTER TABLE documents DROP CONSTRAINT IF EXISTS documents_collection_id_sha256_key;
 ALTER TABLE documents ADD CONSTRAINT documents_version UNIQUE (collection_id, source, sha256);
 -- Key prefix and glob (LIKE 'prefix%') lookups for delete and sync.
@@ -118,7 +122,7 @@ $fn$;
 """
 
 DOWNGRADE = r"""
-ALTER TABLE collections DROP COLUMN next_model_id;
+ALTER TABLE collections DROP COLUMN next_model_id, DROP COLUMN chunking;
 DROP FUNCTION IF EXISTS docpipe_delete(text, bigint[], text[], text, jsonb);
 DROP VIEW IF EXISTS docpipe_problems;
 DROP INDEX IF EXISTS documents_unsearchable;

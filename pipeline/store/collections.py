@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
+from typing import Any
 
 from sqlalchemy import text
 from sqlalchemy.orm import Session
@@ -102,23 +104,32 @@ class CollectionInfo:
     model: str
     dim: int
     text_config: str = "english"  # Postgres text search configuration of its keyword index
+    chunking: dict | None = None  # chunker settings recorded at creation (None: created before they were)
 
 
 def get_collection(session: Session, name: str) -> CollectionInfo | None:
     row = session.execute(
         text(
-            "SELECT c.id, c.name, c.model_id, m.name AS model, m.dim, c.text_config::text AS text_config "
+            "SELECT c.id, c.name, c.model_id, m.name AS model, m.dim, c.text_config::text AS text_config, c.chunking "
             "FROM collections c JOIN embedding_models m ON m.id = c.model_id WHERE c.name = :n"
         ),
         {"n": name},
     ).first()
-    return CollectionInfo(row.id, row.name, row.model_id, row.model, row.dim, row.text_config) if row else None
+    if row is None:
+        return None
+    return CollectionInfo(row.id, row.name, row.model_id, row.model, row.dim, row.text_config, row.chunking)
 
 
 def ensure_collection(
-    session: Session, name: str, *, model: str, dim: int, analysis: SearchConfig | None = None
+    session: Session,
+    name: str,
+    *,
+    model: str,
+    dim: int,
+    analysis: SearchConfig | None = None,
+    chunking: dict[str, Any] | None = None,
 ) -> CollectionInfo:
-    """Collection `name`, created bound to `model` and `analysis` when it does not exist yet."""
+    """Collection `name`, created bound to `model`, `analysis` and `chunking` when it does not exist yet."""
     if (found := get_collection(session, name)) is not None:
         return found
     analysis = analysis or SearchConfig()
@@ -131,10 +142,17 @@ def ensure_collection(
     model_id = ensure_model(session, model, dim)
     session.execute(
         text(
-            "INSERT INTO collections (name, model_id, text_config, bm25_k1, bm25_b) "
-            "VALUES (:n, :m, CAST(:t AS regconfig), :k1, :b) ON CONFLICT (name) DO NOTHING"
+            "INSERT INTO collections (name, model_id, text_config, bm25_k1, bm25_b, chunking) "
+            "VALUES (:n, :m, CAST(:t AS regconfig), :k1, :b, CAST(:ch AS jsonb)) ON CONFLICT (name) DO NOTHING"
         ),
-        {"n": name, "m": model_id, "t": analysis.text_config, "k1": analysis.bm25_k1, "b": analysis.bm25_b},
+        {
+            "n": name,
+            "m": model_id,
+            "t": analysis.text_config,
+            "k1": analysis.bm25_k1,
+            "b": analysis.bm25_b,
+            "ch": json.dumps(chunking) if chunking is not None else None,
+        },
     )
     found = get_collection(session, name)
     assert found is not None

@@ -147,6 +147,7 @@ class ClaimedDocument:
     attempts: int
     model_id: int
     model: str
+    chunking: dict | None = None  # the collection's recorded chunker settings
 
 
 def claim_for_parse(session: Session, document_id: int, *, lease_s: int) -> ClaimedDocument | None:
@@ -155,8 +156,9 @@ def claim_for_parse(session: Session, document_id: int, *, lease_s: int) -> Clai
     if row is None:
         return None
     return ClaimedDocument(
-        row.id, row.collection_id, row.source, row.media_type, bytes(row.content), row.attempts, row.model_id, row.model
-    )
+        row.id, row.collection_id, row.source, row.media_type, bytes(row.content), row.attempts, row.model_id,
+        row.model, row.chunking,
+    )  # fmt: skip
 
 
 def still_claimed(session: Session, doc: ClaimedDocument) -> bool:

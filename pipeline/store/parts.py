@@ -75,7 +75,8 @@ def load_claim(session: Session, document_id: int, attempt: int, *, with_content
     row = session.execute(
         text(
             "SELECT d.id, d.collection_id, d.source, d.media_type, "
-            "  CASE WHEN :content THEN d.content ELSE ''::bytea END AS content, d.attempts, c.model_id, m.name "
+            "  CASE WHEN :content THEN d.content ELSE ''::bytea END AS content, d.attempts, c.model_id, m.name, "
+            "  c.chunking "
             "FROM documents d JOIN collections c ON c.id = d.collection_id "
             "JOIN embedding_models m ON m.id = c.model_id "
             "WHERE d.id = :d AND d.state = 'parsing' AND d.attempts = :a"
@@ -85,8 +86,9 @@ def load_claim(session: Session, document_id: int, attempt: int, *, with_content
     if row is None:
         return None
     return ClaimedDocument(
-        row.id, row.collection_id, row.source, row.media_type, bytes(row.content), row.attempts, row.model_id, row.name
-    )
+        row.id, row.collection_id, row.source, row.media_type, bytes(row.content), row.attempts, row.model_id,
+        row.name, row.chunking,
+    )  # fmt: skip
 
 
 def part_to_parse(session: Session, document_id: int, part: int, attempt: int) -> PartToParse | None:

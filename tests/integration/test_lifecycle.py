@@ -335,3 +335,22 @@ def test_reindex_switches_in_one_transaction_once_every_chunk_has_its_new_vector
         with pytest.raises(Exception, match="searches with"):
             store.drop_model_vectors(s, collection.id, new_model)
         assert store.drop_model_vectors(s, collection.id, collection.model_id) == 3
+
+
+def test_the_collection_records_its_chunker_and_workers_use_it(sessions) -> None:
+    from docpipe.config import Settings, TokenChunker
+    from docpipe.processing import chunker_of
+
+    recorded = TokenChunker(max_tokens=64, overlap_tokens=8)
+    with sessions.begin() as s:
+        coll = store.ensure_collection(
+            s, f"life-chunk{next(_names)}", model="test/life-8d", dim=DIM, chunking=recorded.model_dump(mode="json")
+        )
+    assert coll.chunking == recorded.model_dump(mode="json")
+    doc_id, _ = store_version(sessions, coll, "k.txt", "alpha")
+    with sessions.begin() as s:
+        claim = store.claim_for_parse(s, doc_id, lease_s=60)
+    worker = Settings(chunk=TokenChunker(max_tokens=300, overlap_tokens=0))  # another worker's environment
+    assert chunker_of(claim, worker) == recorded
+    legacy = claim.__class__(**{**claim.__dict__, "chunking": None})  # a collection from before 0006
+    assert chunker_of(legacy, worker) == worker.chunk
