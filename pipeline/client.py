@@ -6,6 +6,7 @@ import hashlib
 import re
 import time
 from collections.abc import Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,7 +19,16 @@ from docpipe.config import Settings
 from docpipe.db import make_engine, make_sessionmaker, resolve_database_url
 from docpipe.errors import ConfigError
 from docpipe.loading import FileEntry, collect_files, read_document, size_problem
-from docpipe.search import GroupBy, Hit, SearchMode, candidate_depth, group_by_document, search_chunks
+from docpipe.search import (
+    GroupBy,
+    Hit,
+    SearchMode,
+    candidate_depth,
+    export_snapshot,
+    group_by_document,
+    keyword_candidates,
+    search_chunks,
+)
 from docpipe.task_queue import TaskQueue, load_task_queue
 
 __all__ = ["Client", "FailedDocument", "Hit", "Job"]
@@ -169,6 +179,7 @@ class Client(LifecycleOps):
         self.sessions = make_sessionmaker(self.engine)
         self._task_queue = task_queue
         self._embedders: dict[str, Any] = {}
+        self._background = ThreadPoolExecutor(max_workers=4, thread_name_prefix="docpipe-search")  # BM25 sides
 
     @property
     def task_queue(self) -> TaskQueue:
@@ -257,7 +268,10 @@ class Client(LifecycleOps):
         model = self.settings.embed.model
         dim = read_st_config(resolve_model_dir(model, cache_dir=self.settings.model_cache_dir)).dim
         with self.sessions.begin() as session:
-            return store.ensure_collection(session, name, model=model, dim=dim, analysis=self.settings.search)
+            return store.ensure_collection(
+                session, name, model=model, dim=dim, analysis=self.settings.search,
+                chunking=self.settings.chunk.model_dump(mode="json"),
+            )  # fmt: skip
 
     def _store_and_enqueue(self, collection_id: int, docs: list[store.NewDocument], job: Job) -> None:
         with self.sessions.begin() as session:  # committed before any message is sent
@@ -308,27 +322,33 @@ class Client(LifecycleOps):
         collection = self._collection_name(collection)
         if where is not None and not isinstance(where, dict):
             raise ValueError("where must be a dict (JSON containment filter on document metadata)")
-        with self.sessions.begin() as session:
-            coll = store.get_collection(session, collection)
-        if coll is None:
-            raise ConfigError(f"unknown collection: {collection!r}")
         config = self.settings.search
         rerank_n = self.settings.rerank.candidates if rerank else 0
         depth = candidate_depth(k, config, mode=mode, group_by=group_by, rerank_candidates=rerank_n)
         fused_group = None if rerank else group_by  # a reranked list is grouped after the cross-encoder
-        while True:  # a reindex may switch the collection's model after the query was embedded: embed again
-            query_vec = None if mode == "text" else self.embedder(coll.model).embed_query(query)
-            with self.sessions.begin() as session:
-                session.execute(text("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ"))  # the model seen = used
-                now = store.get_collection(session, collection)
-                if now is not None and now.model_id != coll.model_id:
-                    coll = now
-                    continue
+        # One repeatable-read snapshot: the model read here is the one the query is embedded with (a reindex
+        # may switch it at any time), and the BM25 side, read meanwhile on another connection while the query
+        # is embedded, sees the same document versions as the dense side.
+        with self.sessions.begin() as session:
+            session.connection(execution_options={"isolation_level": "REPEATABLE READ"})
+            coll = store.get_collection(session, collection)
+            if coll is None:
+                raise ConfigError(f"unknown collection: {collection!r}")
+            keyword = None
+            if mode == "hybrid":
+                keyword = self._background.submit(
+                    keyword_candidates, self.sessions, export_snapshot(session), query=query, collection=collection,
+                    depth=depth, where=where, per_term=config.bm25_per_term,
+                )  # fmt: skip
+            try:
+                query_vec = None if mode == "text" else self.embedder(coll.model).embed_query(query)
                 hits = search_chunks(
                     session, query=query, query_vec=query_vec, collection=collection, depth=depth, config=config,
-                    mode=mode, where=where, limit=max(k, rerank_n), group_by=fused_group,
+                    mode=mode, where=where, limit=max(k, rerank_n), group_by=fused_group, keyword=keyword,
                 )  # fmt: skip
-            break
+            finally:
+                if keyword is not None:
+                    wait([keyword])  # never leave the other connection's query behind
         if rerank and hits:
             hits = self._rerank(query, hits[:rerank_n], timeout_s=timeout_s)
             if group_by == "document":
@@ -397,6 +417,7 @@ class Client(LifecycleOps):
             )
 
     def close(self) -> None:
+        self._background.shutdown(wait=True)
         if self._task_queue is not None:
             self._task_queue.close()
         self.engine.dispose()

@@ -90,8 +90,8 @@ class SearchConfig(BaseModel):
     bm25_k1: float = 0.9  # BM25 term-frequency saturation
     bm25_b: float = 0.4  # BM25 length normalisation, 0..1
     # postings read per query term, highest impact first, before the best candidates' scores are completed;
-    # None: max(1000, 10 k); 0: every posting (exhaustive, slow on large collections)
-    bm25_per_term: int | None = Field(default=None, ge=0)
+    # 0: max(1000, 10 k); -1: every posting (exhaustive, slow on large collections)
+    bm25_per_term: int = Field(default=0, ge=-1)
     fusion: Literal["zscore", "minmax", "rrf"] = "zscore"  # score fusion of z-scores or min-max, or rank fusion
     vector_weight: float = 0.5  # weight of the dense side in fusion (the keyword side gets 1 - weight)
     rrf_k: int = 60  # reciprocal-rank-fusion constant

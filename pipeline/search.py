@@ -9,7 +9,9 @@ differ gets credit from both. See `docpipe.fusion` for the methods.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Sequence
+from concurrent.futures import Future
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
@@ -58,6 +60,12 @@ class Candidates:
     keyword: dict[int, float]
     document_of: dict[int, int]  # chunk id → document id, for every candidate
 
+    def merged(self, other: Candidates) -> Candidates:
+        """Both sides: this one's dense and keyword candidates with `other`'s."""
+        return Candidates(
+            {**self.dense, **other.dense}, {**self.keyword, **other.keyword}, {**self.document_of, **other.document_of}
+        )
+
 
 def vector_literal(vec: np.ndarray) -> str:
     """A pgvector text literal, '[x,y,...]'."""
@@ -74,7 +82,7 @@ _CANDIDATES_SQL = {
 
 def fetch_candidates(
     session: Session, *, query: str, query_vec: np.ndarray | None, collection: str, depth: int, mode: SearchMode,
-    where: dict | None, per_term: int | None = None,
+    where: dict | None, per_term: int = 0,
 ) -> Candidates:  # fmt: skip
     """Up to `depth` candidates per side the mode uses, in one round trip."""
     sides = ["vector", "text"] if mode == "hybrid" else [mode]
@@ -86,6 +94,30 @@ def fetch_candidates(
     dense = {int(r.chunk_id): float(r.score) for r in rows if r.side == 0}
     keyword = {int(r.chunk_id): float(r.score) for r in rows if r.side == 1}
     return Candidates(dense, keyword, {int(r.chunk_id): int(r.document_id) for r in rows})
+
+
+_SNAPSHOT_ID = re.compile(r"[0-9A-F]+-[0-9A-F]+(-[0-9]+)?")
+
+
+def export_snapshot(session: Session) -> str:
+    """The id of this (repeatable-read) transaction's snapshot, for another connection to read the same data."""
+    return str(session.execute(text("SELECT pg_export_snapshot()")).scalar_one())
+
+
+def keyword_candidates(
+    sessions: sessionmaker[Session], snapshot: str, *, query: str, collection: str, depth: int, where: dict | None,
+    per_term: int,
+) -> Candidates:  # fmt: skip
+    """The BM25 side alone, on its own connection, reading `snapshot` (so both sides see one version of the data)."""
+    if not _SNAPSHOT_ID.fullmatch(snapshot):  # SET takes no bind parameters: the id is checked, then inlined
+        raise ValueError(f"not a snapshot id: {snapshot!r}")
+    with sessions.begin() as session:
+        session.connection(execution_options={"isolation_level": "REPEATABLE READ"})
+        session.execute(text(f"SET TRANSACTION SNAPSHOT '{snapshot}'"))
+        return fetch_candidates(
+            session, query=query, query_vec=None, collection=collection, depth=depth, mode="text", where=where,
+            per_term=per_term,
+        )  # fmt: skip
 
 
 def fuse(
@@ -153,16 +185,20 @@ def search_chunks(
     where: dict | None = None,
     limit: int | None = None,
     group_by: GroupBy = None,
+    keyword: Future[Candidates] | None = None,
 ) -> list[Hit]:
     """Candidate chunks of one collection ranked by `mode`, best first (`limit` of them, default all).
 
     With `group_by="document"`: one hit per document, ranked by the document-level fusion, each
-    shown by its best chunk; `score` is the document's.
+    shown by its best chunk; `score` is the document's. `keyword`: the BM25 side of a hybrid
+    search, already under way elsewhere (`keyword_candidates`); only the dense side is read here.
     """
     candidates = fetch_candidates(
-        session, query=query, query_vec=query_vec, collection=collection, depth=depth, mode=mode, where=where,
-        per_term=config.bm25_per_term,
+        session, query=query, query_vec=query_vec, collection=collection, depth=depth,
+        mode="vector" if keyword is not None else mode, where=where, per_term=config.bm25_per_term,
     )  # fmt: skip
+    if keyword is not None:
+        candidates = candidates.merged(keyword.result())
     chunk_scores = fuse(candidates, mode, config)
     order = ranked(chunk_scores)
     if group_by == "document":

@@ -125,9 +125,9 @@ $fn$;
 -- length-normalised), from one index range; the best candidates then get the terms they missed from
 -- their own postings, so their scores are complete. A term in more chunks than `per_term` has a low
 -- idf, and the chunks it leaves out are those where it weighs least.
--- `per_term`: NULL picks max(1000, 10 k) and completes the best max(300, 3 k) candidates; 0 reads
--- every posting (exhaustive). A metadata filter reads every posting too (it may keep only a few
--- chunks). Chunks of versions that are not `ready` (in flight, replaced, failed) are never returned.
+-- `per_term`: NULL or 0 picks max(1000, 10 k) and completes the best max(300, 3 k) candidates; a
+-- negative value reads every posting (exhaustive). A metadata filter reads every posting too (it may
+-- keep only a few chunks). Chunks of versions that are not `ready` (in flight, replaced, failed) are never returned.
 CREATE OR REPLACE FUNCTION docpipe_text_search(query_text text, collection_name text, k integer DEFAULT 10,
                                                metadata_filter jsonb DEFAULT NULL, per_term integer DEFAULT NULL)
 RETURNS TABLE (chunk_id bigint, rank double precision)
@@ -148,8 +148,8 @@ BEGIN
     IF coalesce(n, 0) = 0 THEN
         RETURN;
     END IF;
-    depth := CASE WHEN metadata_filter IS NULL AND coalesce(per_term, 1) > 0
-                  THEN coalesce(per_term, greatest(1000, 10 * k)) END;  -- NULL: every posting
+    depth := CASE WHEN metadata_filter IS NULL AND coalesce(per_term, 0) >= 0
+                  THEN coalesce(nullif(per_term, 0), greatest(1000, 10 * k)) END;  -- NULL: every posting
     RETURN QUERY
     WITH terms AS MATERIALIZED (
         SELECT q.lexeme, q.qtf * ln(1 + (n - f.df + 0.5) / (f.df + 0.5)) AS weight, f.df > depth AS cut

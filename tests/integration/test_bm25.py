@@ -204,8 +204,8 @@ def test_many_postings_of_common_and_rare_terms_score_exactly(sessions) -> None:
             "JOIN chunks ch ON ch.id = t.chunk_id"
         )
         with sessions.begin() as s:
-            exhaustive = s.execute(text(sql), {"q": query, "c": coll.name, "p": 0}).all()
-            bounded = s.execute(text(sql), {"q": query, "c": coll.name, "p": None}).all()
+            exhaustive = s.execute(text(sql), {"q": query, "c": coll.name, "p": -1}).all()
+            bounded = s.execute(text(sql), {"q": query, "c": coll.name, "p": 0}).all()
         assert [rank for _, rank in exhaustive] == pytest.approx(want, rel=1e-6)
         assert {f"c{i}": rank for i, rank in bounded} == pytest.approx({f"c{i}": exact[f"c{i}"] for i, _ in bounded})
         assert [i for i, _ in bounded] == [i for i, _ in exhaustive]  # and here they are the same top k
