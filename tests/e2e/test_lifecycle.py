@@ -162,6 +162,7 @@ def second_model(root: Path, minilm_dir: Path) -> Path:
     return target
 
 
+@pytest.mark.slow  # ~2 min here: the embed worker's first use of a model measures its backends (auto)
 def test_reindex_to_a_second_model_answers_from_the_old_model_until_the_switch(
     client, tmp_path: Path, minilm_dir: Path
 ) -> None:
