@@ -209,3 +209,35 @@ def test_many_postings_of_common_and_rare_terms_score_exactly(sessions) -> None:
         assert [rank for _, rank in exhaustive] == pytest.approx(want, rel=1e-6)
         assert {f"c{i}": rank for i, rank in bounded} == pytest.approx({f"c{i}": exact[f"c{i}"] for i, _ in bounded})
         assert [i for i, _ in bounded] == [i for i, _ in exhaustive]  # and here they are the same top k
+
+
+def test_the_keyword_side_reads_the_snapshot_it_is_given(sessions, collection) -> None:
+    """Hybrid search reads BM25 on another connection: from the dense side's snapshot, not from later commits."""
+    from docpipe.search import export_snapshot, keyword_candidates
+
+    with sessions.begin() as s:
+        source_of = dict(
+            s.execute(
+                text(
+                    "SELECT ch.id, d.source FROM chunks ch JOIN documents d ON d.id = ch.document_id "
+                    "WHERE d.collection_id = :c"
+                ),
+                {"c": collection.id},
+            ).all()
+        )
+
+    def sources(candidates) -> set[str]:
+        return {source_of[cid] for cid in candidates.keyword}
+
+    with sessions.begin() as reader:
+        reader.connection(execution_options={"isolation_level": "REPEATABLE READ"})
+        snapshot = export_snapshot(reader)
+        with sessions.begin() as s:  # committed after the snapshot was taken
+            s.execute(text("DELETE FROM documents WHERE collection_id = :c AND source = 'b'"), {"c": collection.id})
+        args = {"query": "banana", "collection": collection.name, "depth": 10, "where": None, "per_term": 0}
+        assert sources(keyword_candidates(sessions, snapshot, **args)) == {"a", "b"}
+    with sessions.begin() as reader:
+        reader.connection(execution_options={"isolation_level": "REPEATABLE READ"})
+        assert sources(keyword_candidates(sessions, export_snapshot(reader), **args)) == {"a"}
+    with pytest.raises(ValueError, match="snapshot id"):
+        keyword_candidates(sessions, "1'; DROP TABLE chunks; --", **args)
