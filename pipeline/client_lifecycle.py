@@ -112,9 +112,14 @@ class LifecycleOps:
             raise ConfigError(f"not a directory: {root}")
         entries, skipped = scan_root(root, max_bytes=self.settings.parse.max_bytes)
         digests = {key: file_digest(entry) for key, entry in entries.items()}
-        coll = self._ensure_collection(collection)
-        with self.sessions.begin() as session:
-            stored = store.key_versions(session, coll.id, store.prefix_to_like(str(root).rstrip("/") + "/"))
+        with self.sessions.begin() as session:  # a dry run creates no collection
+            coll = store.get_collection(session, collection)
+        if coll is None and not dry_run:
+            coll = self._ensure_collection(collection)
+        stored: dict[str, store.KeyVersion] = {}
+        if coll is not None:
+            with self.sessions.begin() as session:
+                stored = store.key_versions(session, coll.id, store.prefix_to_like(str(root).rstrip("/") + "/"))
         plan = plan_sync(digests, {key: v.sha256 for key, v in stored.items()})
         report = SyncReport(collection, str(root), plan, dry_run, skipped=skipped)
         changed = [entries[key] for key in (*plan.add, *plan.replace)]

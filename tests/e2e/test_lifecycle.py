@@ -228,3 +228,33 @@ def test_readme_lifecycle_sql_runs(client) -> None:
     assert [(r.source, r.problem, r.reason) for r in results[2]] == [
         ("/srv/share/empty.txt", "failed", "empty file (0 bytes)")
     ]
+
+
+def test_cli_sync_delete_update_problems(stack, client, tmp_path: Path) -> None:
+    from tests.e2e.test_pipeline import run_cli
+
+    coll = COLLECTION + "-cli"
+    root = tmp_path / "cli-share"
+    write(root, "keep.txt", "Kept notes about the lighthouse.")
+    write(root, "old/drop.txt", "Dropped notes about the windmill.")
+    write(root, "empty.txt", "")
+    dry = run_cli(stack, "sync", str(root), "--collection", coll, "--dry-run")
+    assert json.loads(dry.stdout.splitlines()[-1])["added"] == 3
+    done = run_cli(stack, "sync", str(root), "--collection", coll, "--wait")
+    assert json.loads(done.stdout.splitlines()[-1]) == {
+        "added": 3, "replaced": 0, "renamed": 0, "deleted": 0, "unchanged": 0, "failed": 1,
+    }  # fmt: skip
+    problems = json.loads(run_cli(stack, "problems", "--collection", coll, "--json").stdout)
+    assert [(Path(p["source"]).name, p["problem"]) for p in problems] == [("empty.txt", "failed")]
+    prefix = str(root.resolve() / "old") + "/"
+    preview = json.loads(
+        run_cli(stack, "delete", "--prefix", prefix, "--collection", coll, "--dry-run", "--json").stdout
+    )
+    assert [Path(d["source"]).name for d in preview] == ["drop.txt"]
+    assert "drop.txt" in {Path(h.source).name for h in client.search("windmill", collection=coll, mode="text")}
+    run_cli(stack, "delete", "--prefix", prefix, "--collection", coll)
+    assert client.search("windmill", collection=coll, mode="text") == []
+    run_cli(stack, "update-metadata", "--where", "{}", "--set", '{"site": "north"}', "--collection", coll)
+    assert client.search("lighthouse", collection=coll, mode="text", where={"site": "north"})
+    bad = run_cli(stack, "delete", "--collection", coll, check=False)
+    assert bad.returncode == 2 and "select documents" in bad.stderr

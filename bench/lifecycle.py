@@ -1,0 +1,130 @@
+"""Lifecycle figures: sync of an unchanged folder against its first ingest; a reindex's switch and its searches.
+
+    python -m docpipe.bench.lifecycle [--docs DIR] [--max-docs N] [--work DIR]
+
+1. The folder (the corpus's ok_text PDFs, copied to a work dir) is synced with
+   `wait=True` (the first ingest), then synced again unchanged: the ratio of
+   the two wall times.
+2. The collection is reindexed to a second model directory (MiniLM's weights
+   with CLS pooling: other vectors, same cost) while a thread searches it in a
+   loop. Figures: seconds from the last new vector written to the switch (as
+   polled every 20 ms), and searches whose hits matched neither the old model's
+   answer (before the switch) nor the new model's (after): must be 0.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+from docpipe.bench.common import machine_info, minilm_dir
+from docpipe.bench.corpus import default_docs, manifest_class
+from docpipe.bench.harness import running_stack
+
+COLLECTION = "bench-lifecycle"
+QUERIES = ["how is the document structured", "results of the evaluation", "installation instructions"]
+
+
+def copy_folder(docs: Path, target: Path, max_docs: int) -> list[Path]:
+    wanted = manifest_class(docs)
+    files = sorted(p for p in docs.glob("*.pdf") if wanted is None or p.name in wanted)[:max_docs]
+    target.mkdir(parents=True)
+    for path in files:
+        shutil.copy(path, target / path.name)
+    return files
+
+
+def second_model(work: Path) -> Path:
+    """MiniLM's files with CLS pooling instead of mean pooling: a different model of the same size."""
+    source, target = minilm_dir(), work / "minilm-cls"
+    target.mkdir()
+    for item in source.iterdir():
+        if item.name != "1_Pooling":
+            (target / item.name).symlink_to(item)
+    (target / "1_Pooling").mkdir()
+    config = json.loads((source / "1_Pooling" / "config.json").read_text())
+    config.update(pooling_mode_cls_token=True, pooling_mode_mean_tokens=False)
+    (target / "1_Pooling" / "config.json").write_text(json.dumps(config))
+    return target
+
+
+def measure_sync(client, folder: Path) -> dict[str, float]:
+    t0 = time.perf_counter()
+    first = client.sync(folder, collection=COLLECTION, wait=True, timeout_s=3600)
+    first_s = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    again = client.sync(folder, collection=COLLECTION)
+    again_s = time.perf_counter() - t0
+    return {
+        "documents": len(first.plan.add),
+        "first_ingest_s": round(first_s, 3),
+        "unchanged_sync_s": round(again_s, 4),
+        "ratio": round(again_s / first_s, 5),
+        "unchanged": again.summary()["unchanged"],
+    }
+
+
+def answers(client) -> tuple[tuple[int, ...], ...]:
+    return tuple(
+        tuple(h.chunk_id for h in client.search(q, collection=COLLECTION, mode="vector", k=5)) for q in QUERIES
+    )
+
+
+def measure_reindex(client, model: Path) -> dict[str, float]:
+    before = answers(client)
+    seen: list[tuple[float, tuple]] = []
+    stop = threading.Event()
+
+    def search_loop() -> None:
+        while not stop.is_set():
+            seen.append((time.perf_counter(), answers(client)))
+
+    searcher = threading.Thread(target=search_loop, daemon=True)
+    t0 = time.perf_counter()
+    client.reindex(COLLECTION, model=str(model))
+    searcher.start()
+    all_embedded = None
+    while (status := client.reindex_status(COLLECTION)).target is not None:
+        if all_embedded is None and status.embedded >= status.chunks:
+            all_embedded = time.perf_counter()
+        time.sleep(0.02)
+    switched = time.perf_counter()
+    time.sleep(1.0)
+    stop.set()
+    searcher.join()
+    after = answers(client)
+    wrong = [s for _, s in seen if s not in (before, after)]
+    return {
+        "reindex_to_switch_s": round(switched - t0, 2),
+        "last_vector_to_switch_s": round(switched - (all_embedded or switched), 3),
+        "searches_during": len(seen),
+        "searches_wrong": len(wrong),
+        "empty_answers": sum(1 for _, s in seen if not all(s)),
+        "answers_changed": before != after,
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--docs", type=Path, default=default_docs())
+    parser.add_argument("--max-docs", type=int, default=40)
+    parser.add_argument("--work", type=Path, default=None)
+    args = parser.parse_args(argv)
+    work = args.work or Path(tempfile.mkdtemp(prefix="docpipe-bench-lifecycle-"))
+    folder = work / "share"
+    copy_folder(args.docs, folder, args.max_docs)
+    out: dict[str, object] = {"machine": machine_info()}
+    with running_stack(work) as run:
+        out["sync"] = measure_sync(run.client, folder)
+        out["reindex"] = measure_reindex(run.client, second_model(work))
+    print(json.dumps(out, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
