@@ -159,6 +159,35 @@ def explain_search(database_url: str, query: str, query_vec: np.ndarray, collect
     return out
 
 
+def bounded_bm25_agreement(database_url: str, queries: Sequence[str], collection: str, k: int) -> dict:
+    """The default (bounded) BM25 against the exhaustive one, per query at depth `k`.
+
+    `overlap`: the share of the exhaustive top k that the bounded one returns; `score_ratio`: the sum of
+    the bounded top k's BM25 scores over the exhaustive top k's (1.0: as good a top k by BM25's own
+    measure, even where near-ties are broken differently); times in ms.
+    """
+    sql = "SELECT chunk_id, rank FROM docpipe_text_search(%s, %s, %s, NULL, %s)"
+    overlap, score_ratio, ms = [], [], {"bounded": [], "exhaustive": []}
+    with psycopg_connect(database_url, autocommit=True) as conn:
+        for q in queries:
+            got = {}
+            for name, per_term in (("bounded", 0), ("exhaustive", -1)):
+                t0 = time.perf_counter()
+                got[name] = conn.execute(sql, (q, collection, k, per_term)).fetchall()
+                ms[name].append((time.perf_counter() - t0) * 1000)
+            if not got["exhaustive"]:
+                continue
+            want = {cid for cid, _ in got["exhaustive"]}
+            overlap.append(len(want & {cid for cid, _ in got["bounded"]}) / len(want))
+            score_ratio.append(sum(r for _, r in got["bounded"]) / sum(r for _, r in got["exhaustive"]))
+    return {
+        "overlap": float(np.mean(overlap)) if overlap else None,
+        "score_ratio": float(np.mean(score_ratio)) if score_ratio else None,
+        "score_ratio_min": float(np.min(score_ratio)) if score_ratio else None,
+        "p50_ms": {name: float(np.percentile(v, 50)) for name, v in ms.items()},
+    }
+
+
 def _latencies(queries: Sequence[str], runners: dict[str, Callable[[str], object]]) -> dict[str, list[float]]:
     """Seconds per query for each runner, the runners taking turns on every query."""
     for q in queries[:WARMUP_QUERIES]:
@@ -174,7 +203,7 @@ def _latencies(queries: Sequence[str], runners: dict[str, Callable[[str], object
 
 
 def measure_query(run: RunningStack, real_texts: Sequence[str], *, n: int, queries: int) -> Section:
-    from docpipe.search import search_chunks
+    from docpipe.search import candidate_depth, search_chunks
 
     section = Section(
         "query", f"Query latency over {n} synthetic chunks", "p50 of the bare query embedding (embed_query) = 1.0"
@@ -227,6 +256,8 @@ def measure_query(run: RunningStack, real_texts: Sequence[str], *, n: int, queri
     except Exception as exc:  # auto_explain missing from the server: a diagnostic, not a figure
         explained = {"error": f"{type(exc).__name__}: {exc}"}
     lat = _latencies(qs, runners)
+    depth = candidate_depth(K, run.settings.search)
+    agreement = bounded_bm25_agreement(run.stack.database_url, qs, COLLECTION, depth)
     base = percentile_ms(lat["embed_query"], 50)
     for name, samples in lat.items():
         p50, p95 = percentile_ms(samples, 50), percentile_ms(samples, 95)
@@ -243,18 +274,36 @@ def measure_query(run: RunningStack, real_texts: Sequence[str], *, n: int, queri
                 "ms",
                 f"{index} index in the plan" if used else f"no {index} index in the plan: scans the collection",
             )
+    section.add(
+        f"BM25 bounded vs exhaustive, top {depth}: share of the exhaustive top found",
+        round(agreement["overlap"] or 0, 3),
+        "",
+        "synthetic text is a worst case: every query term is common and scores are near-ties",
+    )
+    section.add(
+        f"BM25 bounded vs exhaustive, top {depth}: BM25 score sum (mean / min)",
+        f"{agreement['score_ratio'] or 0:.3f} / {agreement['score_ratio_min'] or 0:.3f}",
+        "x",
+        "1.0: a top k as good by BM25's own measure",
+    )
+    section.add(
+        f"BM25 SQL p50 at depth {depth}: bounded / exhaustive",
+        f"{agreement['p50_ms']['bounded']:.1f} / {agreement['p50_ms']['exhaustive']:.1f}",
+        "ms",
+        "DOCPIPE_SEARCH__BM25_PER_TERM 0 (max(1000, 10 k) postings per term) / -1",
+    )
     section.notes.append(
         f"{len(qs)} queries of 4-10 words from real chunks, k={K}, backend {embedder.backend}; "
         "rerank latency is with a tiny random model, not a real cross-encoder"
     )
     hybrid = lat["search hybrid"]
-    exact_bm25 = "exact BM25 reads every posting of the query terms (see DOCPIPE_SEARCH__BM25_PER_TERM)"
+    limits = "dense (HNSW at depth 100) + query embedding on a shared CPU; see the BM25 and ANN rows"
     section.goals += [
-        Goal("hybrid search p50 (query embedding included)", percentile_ms(hybrid, 50), 25.0, "<=", exact_bm25),
-        Goal("hybrid search p95 (query embedding included)", percentile_ms(hybrid, 95), 50.0, "<=", exact_bm25),
+        Goal("hybrid search p50 (query embedding included)", percentile_ms(hybrid, 50), 25.0, "<=", limits),
+        Goal("hybrid search p95 (query embedding included)", percentile_ms(hybrid, 95), 50.0, "<=", limits),
     ]
     latencies_ms = {name: [round(t * 1000, 3) for t in samples] for name, samples in lat.items()}
-    section.data.update(explain=explained, fill=fill, latencies_ms=latencies_ms)
+    section.data.update(explain=explained, fill=fill, latencies_ms=latencies_ms, bm25_agreement=agreement)
     return section
 
 
