@@ -16,7 +16,7 @@ from __future__ import annotations
 import re
 from bisect import bisect_left, bisect_right
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -34,10 +34,16 @@ _TOKEN, _PIECE, _WORD, _SENTENCE, _BLOCK = range(5)
 _CUT_LEVELS = (_BLOCK, _SENTENCE, _WORD, _PIECE)  # preferred first; bare tokens are the last resort
 
 _SEPARATOR = "\n\n"  # between the texts of two blocks in one chunk
+MAX_TOKEN_CHARS = 100  # characters one token may span; longer ones (a WordPiece [UNK] word) are cut
 _MIN_SECTION_BODY = 8  # tokens of non-heading text that make a chunk worth closing at a heading
 
 # A run of sentence-ending punctuation (with closing quotes) then space, or a CJK full stop.
-_SENTENCE_END = re.compile(r"""(?:(?<=\S)[.!?…]+["'”’)\]]*\s+|[。！？]+[」』”’）"']*\s*)(?=\S)""")
+# Linear: a match may only start at the first mark of a run (the lookbehinds), and possessive
+# quantifiers never give characters back, so no position is scanned more than a constant number
+# of times ("x" + 400,000 dots took minutes with the backtracking form).
+_SENTENCE_END = re.compile(
+    r"""(?:(?<=[^\s.!?…])[.!?…]++["'”’)\]]*+\s++|(?<![。！？])[。！？]++[」』”’）"']*+\s*+)(?=\S)"""
+)
 _WORD_BEFORE = re.compile(r"""[^\s(\["'“‘]+$""")
 _ABBREVIATION_WORDS = """
     mr mrs ms mx dr prof sr jr st mt vs etc e.g i.e cf al approx fig figs eq eqs no nos vol vols
@@ -182,6 +188,7 @@ class _TokenStream:
         """Tokenise every non-blank block in one batch and index its boundaries."""
         candidates = [block for block in blocks if block.text.strip()]
         encodings = tokenizer.encode_batch([block.text for block in candidates], add_special_tokens=False)
+        _cut_long_tokens(candidates, encodings, tokenizer)
         kept: list[Block] = []
         base, starts, ends, body_before = [0], [], [], [0]
         strengths = bytearray()
@@ -266,6 +273,28 @@ class _TokenStream:
         """First token of the section that holds `token` (0 before the first heading)."""
         k = bisect_right(self.sections, token) - 1
         return self.sections[k] if k >= 0 else 0
+
+
+def _cut_long_tokens(blocks: list[Block], encodings: list, tokenizer: tokenizers.Tokenizer) -> None:
+    """Cut, in place, every token longer than ``MAX_TOKEN_CHARS`` characters down to that length.
+
+    WordPiece makes a word of more than 100 characters one ``[UNK]`` whose offsets span the whole
+    word, so a 1 MB run without spaces would become a 1 MB chunk (and tsvector); such a run
+    is noise (base64, a binary dump), and its first ``MAX_TOKEN_CHARS`` characters are kept.
+    """
+    for i, (block, encoding) in enumerate(zip(blocks, encodings, strict=True)):
+        long = [(start, end) for start, end in encoding.offsets if end - start > MAX_TOKEN_CHARS]
+        if not long:
+            continue
+        parts, position = [], 0
+        for start, end in long:
+            if start < position:  # tokens sharing one long span are cut once
+                continue
+            parts.append(block.text[position : start + MAX_TOKEN_CHARS])
+            position = end
+        parts.append(block.text[position:])
+        blocks[i] = replace(block, text="".join(parts))
+        encodings[i] = tokenizer.encode(blocks[i].text, add_special_tokens=False)
 
 
 def _section_starts(blocks: list[Block], base: list[int]) -> list[int]:

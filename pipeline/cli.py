@@ -72,6 +72,9 @@ def ingest(
     collection: CollectionOpt = None,
     wait: Annotated[bool, typer.Option("--wait", help="Wait until every document is ready or failed.")] = False,
     metadata: Annotated[str | None, typer.Option(help="JSON object stored with each document.")] = None,
+    follow_symlinks: Annotated[
+        bool, typer.Option("--follow-symlinks", help="Follow symlinks that lead out of a walked folder.")
+    ] = False,
     data_dir: DataDir = None,
 ) -> None:
     """Store documents and enqueue them for parsing and embedding."""
@@ -80,7 +83,7 @@ def ingest(
         if meta is not None and not isinstance(meta, dict):
             raise ConfigError("--metadata must be a JSON object")
         with _client(data_dir) as client:
-            job = client.ingest(paths, collection=collection, metadata=meta)
+            job = client.ingest(paths, collection=collection, metadata=meta, follow_symlinks=follow_symlinks)
             console.print(
                 f"{len(job.document_ids)} documents ({job.created} new, {job.skipped} unsupported skipped) "
                 f"stored and enqueued in {job.enqueue_s:.2f} s"

@@ -18,7 +18,7 @@ from docpipe.client_lifecycle import LifecycleOps
 from docpipe.config import Settings
 from docpipe.db import make_engine, make_sessionmaker, resolve_database_url
 from docpipe.errors import ConfigError
-from docpipe.loading import FileEntry, collect_files, read_document, size_problem
+from docpipe.loading import FileEntry, checked_metadata, collect_files, read_document, size_problem
 from docpipe.search import (
     GroupBy,
     Hit,
@@ -47,9 +47,7 @@ def check_collection_name(name: str) -> str:
 
 
 def _checked(metadata: dict[str, Any] | None) -> dict[str, Any] | None:
-    if metadata is not None and not isinstance(metadata, dict):
-        raise ValueError("metadata must be a dict")
-    return metadata
+    return checked_metadata(metadata)  # a dict that jsonb stores as given (no NaN, NUL, surrogates)
 
 
 def finished(counts: dict[str, int]) -> int:
@@ -195,13 +193,20 @@ class Client(LifecycleOps):
         *,
         collection: str | None = None,
         metadata: dict[str, Any] | None = None,
+        follow_symlinks: bool = False,
     ) -> Job:
-        """Store files (bytes + sha256) and enqueue them for parsing; same bytes again are a no-op."""
+        """Store files (bytes + sha256) and enqueue them for parsing; same bytes again are a no-op.
+
+        Symlinks leading out of a walked folder are skipped unless `follow_symlinks`; FIFOs,
+        sockets and devices are skipped (a warning names each) and never opened.
+        """
         collection, metadata = self._collection_name(collection), _checked(metadata)
         if isinstance(paths, (str, Path)):
             paths = [paths]
         started = time.perf_counter()
-        entries, skipped = collect_files(paths, max_bytes=self.settings.parse.max_bytes)
+        entries, skipped = collect_files(
+            paths, max_bytes=self.settings.parse.max_bytes, follow_symlinks=follow_symlinks
+        )
         docs = (self._new_document(entry, metadata) for entry in entries)
         return self._store_all(collection, docs, skipped=skipped, started=started)
 
@@ -228,7 +233,7 @@ class Client(LifecycleOps):
     def _new_document(self, entry: FileEntry, metadata: dict[str, Any] | None) -> store.NewDocument:
         content, digest = read_document(entry)
         return store.NewDocument(
-            str(entry.path.resolve()),
+            entry.source,
             digest,
             entry.media_type,
             content,

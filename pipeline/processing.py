@@ -44,8 +44,19 @@ def chunker_of(doc: store.ClaimedDocument, settings: Settings) -> TokenChunker:
 
 
 def _save(
-    sessions: sessionmaker[Session], doc: store.ClaimedDocument, chunks: list, parsed: ParsedDocument
+    sessions: sessionmaker[Session],
+    doc: store.ClaimedDocument,
+    chunks: list,
+    parsed: ParsedDocument,
+    *,
+    max_chunks: int,
 ) -> ParseOutcome:
+    """Store the chunks, or fail the document when there are more than `max_chunks` (parse.max_chunks)."""
+    if len(chunks) > max_chunks:
+        reason = f"document produced {len(chunks)} chunks, more than the limit of {max_chunks} (parse.max_chunks)"
+        with sessions.begin() as session:
+            store.fail_document(session, doc, reason)
+        return ParseOutcome(doc.id, "failed", reason=reason)
     with sessions.begin() as session:
         state = store.save_chunks(session, doc, chunks, page_count=parsed.page_count, title=parsed.title)
     if state is None:
@@ -122,7 +133,7 @@ def parse_document(
                 return ParseOutcome(doc.id, "failed", reason=str(err))
             store.release_for_retry(session, doc, str(err))
         raise
-    return _save(sessions, doc, chunks, parsed)
+    return _save(sessions, doc, chunks, parsed, max_chunks=settings.parse.max_chunks)
 
 
 def parse_part(
@@ -162,4 +173,5 @@ def parse_part(
     chunker = chunker_of(doc, settings)
     tok = (tokenizer_for or _tokenizer_for(settings))(doc.model, chunker.max_tokens)
     chunks = chunk_document(blocks, tok, overlap_tokens=chunker.overlap_tokens, title=parsed.title)
-    return _save(sessions, doc, chunks, ParsedDocument(blocks, parsed.page_count, parsed.title))
+    parsed = ParsedDocument(blocks, parsed.page_count, parsed.title)
+    return _save(sessions, doc, chunks, parsed, max_chunks=settings.parse.max_chunks)

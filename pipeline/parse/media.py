@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import PurePosixPath
 
 PDF = "application/pdf"
@@ -35,7 +36,8 @@ _BY_EXTENSION = {
     ".webp": WEBP,
 }
 _IMAGE_MAGIC = ((b"\x89PNG\r\n\x1a\n", PNG), (b"\xff\xd8\xff", JPEG), (b"II*\x00", TIFF), (b"MM\x00*", TIFF))
-_PDF_MAGIC_WITHIN = 1024  # bytes; MuPDF (like Acrobat) accepts junk before "%PDF"
+_PDF_JUNK_BYTES = 1024  # bytes of junk MuPDF (like Acrobat) accepts before the "%PDF-" header
+_PDF_HEADER = re.compile(rb"%PDF-\d\.\d")
 _ZIP_MAGIC = b"PK\x03\x04"
 
 
@@ -69,14 +71,22 @@ def image_type(head: bytes) -> str | None:
 
 def detect_media_type(name: str, head: bytes) -> str | None:
     """The media type from magic bytes in ``head`` (the file's first few KiB), else from the
-    extension of ``name``; None when docpipe has no parser for it."""
-    if b"%PDF" in head[:_PDF_MAGIC_WITHIN]:
-        return PDF
+    extension of ``name``; None when docpipe has no parser for it.
+
+    A PDF starts with ``%PDF-x.y``; a little leading junk is allowed (as readers do), but only
+    at the start of a line and only when the name does not say it is another type, so a
+    Markdown note that mentions ``%PDF-1.7`` stays Markdown.
+    """
+    by_name = _BY_EXTENSION.get(PurePosixPath(name.replace("\\", "/")).suffix.lower())
+    header = _PDF_HEADER.search(head, 0, _PDF_JUNK_BYTES + 8)
+    if header is not None:
+        at = header.start()
+        if at == 0 or (by_name in (None, PDF) and head[at - 1 : at] in (b"\n", b"\r")):
+            return PDF
     if head.startswith(_ZIP_MAGIC) and b"word/" in head:
         return DOCX
     if image := image_type(head):
         return image
-    by_name = _BY_EXTENSION.get(PurePosixPath(name.replace("\\", "/")).suffix.lower())
     if by_name:
         return by_name
     start = head.lstrip()[:64].lower()

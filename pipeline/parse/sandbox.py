@@ -40,6 +40,13 @@ RECYCLE_AFTER = 500  # documents per child before a fresh one (bounds heap growt
 _CHILD_ENV = {"OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 
 
+def _without_credentials(environ: Mapping[str, str]) -> dict[str, str]:
+    """The environment minus database and broker URLs and anything named like a secret: a parser
+    exploited by a hostile document finds no credentials to use."""
+    secret = ("DATABASE_URL", "REDIS_URL", "BROKER_URL", "PASSWORD", "SECRET", "TOKEN", "PGPASS")
+    return {key: value for key, value in environ.items() if not any(part in key.upper() for part in secret)}
+
+
 class _Timeout(Exception):
     """The child did not answer before the deadline."""
 
@@ -189,7 +196,7 @@ class SandboxedParser:
         self.limits = limits
         self.ocr = ocr if ocr is not None and ocr.mode != "off" else None
         self.timeout_s = limits.timeout_s + (self.ocr.request_allowance_s if self.ocr else 0.0)
-        self._env = {**os.environ, **_CHILD_ENV, **(env or {})}
+        self._env = {**_without_credentials(os.environ), **_CHILD_ENV, **(env or {})}
         self._recycle_after = recycle_after
         self._lock = threading.Lock()
         self._child: _Child | None = None
@@ -211,7 +218,14 @@ class SandboxedParser:
             reply = self._exchange(header, data)
         if "error" in reply:
             raise error_from_reply(reply["error"], reply.get("message", ""))
-        return document_from_json(reply["ok"])
+        doc = document_from_json(reply["ok"])
+        chars = sum(len(block.text) for block in doc.blocks)
+        if chars > self.limits.max_chars:  # what the parser produced: a zip bomb or a text flood
+            raise TooLarge(
+                f"document produced {chars} characters of text, more than the limit of "
+                f"{self.limits.max_chars} (parse.max_chars)"
+            )
+        return doc
 
     def _exchange(self, header: dict[str, Any], data: bytes) -> dict[str, Any]:
         """One request/reply with the child; every way the child can fail ends it."""
