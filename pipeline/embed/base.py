@@ -8,7 +8,8 @@ order; a backend only turns one padded micro-batch into pooled vectors.
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections import deque
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
@@ -47,11 +48,15 @@ class Embedder(Protocol):
         ...
 
 
+PooledRows = Callable[[], np.ndarray]  # a launched micro-batch's pooled rows, waited for when called
+
+
 class PackedEmbedder:
     """Tokenize, pack by padded tokens, run micro-batches, restore order. Subclasses run the model."""
 
     backend: str
     device: str
+    in_flight: int = 0  # micro-batches launched ahead of the one being collected (an accelerator's queue)
 
     def __init__(self, st_config: StModelConfig, *, name: str, micro_batch_tokens: int) -> None:
         self.st_config = st_config
@@ -87,16 +92,33 @@ class PackedEmbedder:
         encodings = _encode_batch(self._encoder, self._cased(inputs))
         prompt_length = self._prompt_length(prompt) if prompt and not self.st_config.include_prompt else 0
         lengths = [len(e.ids) for e in encodings]
+        launched: deque[tuple[list[int], PooledRows]] = deque()
         for batch in pack_micro_batches(lengths, self.micro_batch_tokens):
-            out[batch] = self._embed_micro_batch([encodings[i] for i in batch], prompt_length)
+            launched.append((batch, self._launch_micro_batch([encodings[i] for i in batch], prompt_length)))
+            while len(launched) > self.in_flight:
+                done, rows = launched.popleft()
+                out[done] = rows()
+        for done, rows in launched:
+            out[done] = rows()
         return l2_normalize(out) if self.st_config.normalize else out
+
+    def _launch_micro_batch(self, encodings: Sequence[Encoding], prompt_length: int) -> PooledRows:
+        """Start one micro-batch; here it runs to the end at once (a GPU backend returns before its kernels do)."""
+        rows = self._embed_micro_batch(encodings, prompt_length)
+        return lambda: rows
 
     def _embed_micro_batch(self, encodings: Sequence[Encoding], prompt_length: int) -> np.ndarray:
         """Pooled float32 rows for one micro-batch; the torch backend wraps this in OOM splitting."""
+        return self._forward_pooled(*self._padded(encodings, prompt_length))
+
+    def _padded(
+        self, encodings: Sequence[Encoding], prompt_length: int
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """(batch, seq) int64 input ids, attention mask, token type ids and pooling mask (prompt left out)."""
         ids = pad_rows([e.ids for e in encodings], self.pad_id)
         mask = pad_rows([e.attention_mask for e in encodings], 0)
         type_ids = pad_rows([e.type_ids for e in encodings], 0)
-        return self._forward_pooled(ids, mask, type_ids, prompt_excluded(mask, prompt_length))
+        return ids, mask, type_ids, prompt_excluded(mask, prompt_length)
 
     def _forward_pooled(
         self, ids: np.ndarray, mask: np.ndarray, type_ids: np.ndarray, pool_mask: np.ndarray

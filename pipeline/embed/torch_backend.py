@@ -3,6 +3,11 @@
 On CPU, ``bf16`` loads the weights in bfloat16 (fast on CPUs with AVX512-BF16
 or AMX); autocast is deliberately not used — it measured 3x slower than fp32.
 Pooling always runs in float32.
+
+On CUDA, a micro-batch's inputs go up from pinned host memory and its pooled
+rows come back into pinned memory, both without blocking, and the next
+micro-batch is padded and launched before the previous one is collected: the
+GPU never waits for the host between micro-batches.
 """
 
 from __future__ import annotations
@@ -16,7 +21,7 @@ from typing import TYPE_CHECKING, Literal
 import numpy as np
 from tokenizers import Encoding
 
-from docpipe.embed.base import PackedEmbedder
+from docpipe.embed.base import PackedEmbedder, PooledRows
 from docpipe.embed.oom import is_cuda_oom, run_with_oom_split
 from docpipe.embed.pooling import pool_torch
 from docpipe.embed.runtime import cpu_has_bf16, use_all_cpus_for_torch
@@ -64,6 +69,43 @@ class TorchEmbedder(PackedEmbedder):
             trust_remote_code=trust_remote_code,
         )
         self._takes_token_types = "token_type_ids" in inspect.signature(self.model.forward).parameters
+        self.in_flight = 1 if device == "cuda" else 0
+
+    def _launch_micro_batch(self, encodings: Sequence[Encoding], prompt_length: int) -> PooledRows:
+        if self.device != "cuda":
+            return super()._launch_micro_batch(encodings, prompt_length)
+        try:
+            return self._launch_on_cuda(encodings, prompt_length)
+        except Exception as exc:
+            if not is_cuda_oom(exc):
+                raise
+        # Out of memory at launch: the synchronous path halves the micro-batch until it fits.
+        return super()._launch_micro_batch(encodings, prompt_length)
+
+    def _launch_on_cuda(self, encodings: Sequence[Encoding], prompt_length: int) -> PooledRows:
+        """Queue one micro-batch on the GPU; the returned callable waits for its rows (float32, pinned)."""
+        import torch
+
+        ids, mask, type_ids, pool_mask = self._padded(encodings, prompt_length)
+
+        def uploaded(array: np.ndarray) -> torch.Tensor:
+            return torch.from_numpy(array).pin_memory().to(self.device, non_blocking=True)
+
+        inputs = {"input_ids": uploaded(ids), "attention_mask": uploaded(mask)}
+        if self._takes_token_types:
+            inputs["token_type_ids"] = uploaded(type_ids)
+        with torch.inference_mode():
+            pooled = pool_torch(self.model(**inputs)[0], uploaded(pool_mask), self.st_config.pooling_modes)
+            rows = torch.empty(pooled.shape, dtype=pooled.dtype, pin_memory=True)
+            rows.copy_(pooled, non_blocking=True)
+        finished = torch.cuda.Event()
+        finished.record()
+
+        def collect() -> np.ndarray:
+            finished.synchronize()
+            return rows.numpy()
+
+        return collect
 
     def _embed_micro_batch(self, encodings: Sequence[Encoding], prompt_length: int) -> np.ndarray:
         return run_with_oom_split(
