@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import sys
 import time
 from collections.abc import Iterator
@@ -14,6 +15,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from docpipe.cli_lifecycle import register as register_lifecycle
@@ -41,8 +43,17 @@ def _client(data_dir: Path | None = None):
     return Client(settings=_settings(data_dir))
 
 
+_UNPRINTABLE = re.compile("[\x00-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069\ufeff]")
+
+
+def safe(text: object) -> str:
+    """``text`` fit for the terminal: control characters (escape sequences that could retitle or
+    clear it) and bidi overrides shown as U+FFFD, Rich markup escaped (``[/nope]`` prints as is)."""
+    return escape(_UNPRINTABLE.sub("\ufffd", str(text)))
+
+
 def _fail(err: Exception) -> None:
-    console.print(f"[red]error:[/red] {err}")
+    console.print(f"[red]error:[/red] {safe(err)}")
     raise typer.Exit(2)
 
 
@@ -138,8 +149,8 @@ def print_hits(hits) -> None:
     for rank, hit in enumerate(hits, start=1):
         pages = f"p. {hit.page_start}" + (f"-{hit.page_end}" if hit.page_end != hit.page_start else "")
         snippet = " ".join(hit.text.split())[:240]
-        out.print(f"[bold]{rank:>2}.[/bold] {hit.score:.4f}  {Path(hit.source).name}  {pages}")
-        out.print(f"    {snippet}", highlight=False)
+        out.print(f"[bold]{rank:>2}.[/bold] {hit.score:.4f}  {safe(Path(hit.source).name)}  {pages}")
+        out.print(f"    {safe(snippet)}", highlight=False)
 
 
 @app.command()
@@ -157,7 +168,7 @@ def status(as_json: Annotated[bool, typer.Option("--json")] = False, data_dir: D
     for name, row in info.items():
         states = " ".join(f"{k}={v}" for k, v in sorted(row["documents"].items()))
         problems = f"{row['problems']} ({row['no_text']} without text)" if row["problems"] else "0"
-        table.add_row(name, row["model"], states, problems, str(row["chunks"]), str(row["embeddings"]))
+        table.add_row(safe(name), safe(row["model"]), states, problems, str(row["chunks"]), str(row["embeddings"]))
     Console().print(table)
 
 
@@ -187,7 +198,7 @@ def failed(
         return
     table = Table("id", "source", "attempts", "reason")
     for d in docs:
-        table.add_row(str(d.id), Path(d.source).name, str(d.attempts), d.reason or "")
+        table.add_row(str(d.id), safe(Path(d.source).name), str(d.attempts), safe(d.reason or ""))
     Console().print(table)
 
 
@@ -282,8 +293,8 @@ def quickstart(
                 f"embeddings: {info['embeddings']}; {time.perf_counter() - started:.1f} s"
             )
             for doc in client.failed(collection)[:10]:
-                console.print(f"  failed: {Path(doc.source).name}: {doc.reason}")
-            console.print(f"[bold]search:[/bold] {query}")
+                console.print(f"  failed: {safe(Path(doc.source).name)}: {safe(doc.reason)}")
+            console.print(f"[bold]search:[/bold] {safe(query)}")
             print_hits(client.search(query, collection=collection, k=k))
     except DocpipeError as err:
         _fail(err)
