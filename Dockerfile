@@ -9,7 +9,8 @@ ENV PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1
 # OpenCV, which the OCR engine (rapidocr-onnxruntime) pulls in, loads libGL and GLib.
 RUN apt-get update && apt-get install -y --no-install-recommends libgl1 libglib2.0-0 \
     && rm -rf /var/lib/apt/lists/*
-RUN useradd --create-home --uid 10001 docpipe
+RUN useradd --create-home --uid 10001 docpipe \
+    && mkdir -p /data && chown docpipe:docpipe /data && chmod 0700 /data
 WORKDIR /app
 RUN pip install "torch==${TORCH_VERSION}" --index-url "${TORCH_INDEX}"
 COPY pyproject.toml README.md ./

@@ -51,3 +51,16 @@ def test_compose_services_health_and_ordering() -> None:
     assert services["embed-cpu"]["environment"]["DOCPIPE_EMBED__DEVICE"] == "cpu"
     assert "embed,rerank" in services["embed"]["command"]
     assert "parse" in services["parse"]["command"]
+
+
+def test_no_password_on_a_command_line_and_data_writable() -> None:
+    """`ps` in the Redis container shows no password; the image's /data belongs to its user."""
+    spec = yaml.safe_load(COMPOSE.read_text())
+    redis = spec["services"]["redis"]
+    command = " ".join(redis["command"])
+    assert "--requirepass" not in command and "${REDIS_PASSWORD" not in command
+    assert "redis-server /tmp/redis.conf" in command
+    assert "-a " not in " ".join(redis["healthcheck"]["test"])
+    dockerfile = (REPO / "Dockerfile").read_text()
+    assert "chown docpipe:docpipe /data" in dockerfile
+    assert dockerfile.index("chown docpipe:docpipe /data") < dockerfile.index("USER docpipe")
