@@ -318,8 +318,13 @@ class Client(LifecycleOps):
         """
         if not query.strip():
             raise ValueError("empty query")
-        if k < 1:
-            raise ValueError("k must be at least 1")
+        config = self.settings.search
+        if not 1 <= k <= config.max_k:
+            raise ValueError(f"k must be between 1 and {config.max_k} (setting search.max_k), got {k}")
+        if len(query) > config.max_query_chars:
+            raise ValueError(
+                f"query is {len(query)} characters, more than {config.max_query_chars} (setting search.max_query_chars)"
+            )
         if mode not in ("hybrid", "vector", "text"):
             raise ValueError(f"mode must be 'hybrid', 'vector' or 'text', not {mode!r}")
         if group_by not in (None, "document"):

@@ -97,6 +97,8 @@ class SearchConfig(BaseModel):
     fusion: Literal["zscore", "minmax", "rrf"] = "zscore"  # score fusion of z-scores or min-max, or rank fusion
     vector_weight: float = 0.5  # weight of the dense side in fusion (the keyword side gets 1 - weight)
     rrf_k: int = 60  # reciprocal-rank-fusion constant
+    max_k: int = Field(default=1000, ge=1)  # hits one search may ask for; more is refused
+    max_query_chars: int = Field(default=4096, ge=1)  # characters of one query; longer is refused
     candidates: int = 100  # chunks each side contributes to fusion, at least k
 
 
@@ -106,7 +108,8 @@ class RerankConfig(BaseModel):
     model: str = "cross-encoder/ms-marco-MiniLM-L-6-v2"  # Hugging Face id or local directory
     device: Device = "auto"
     max_length: int = 512  # tokens per (query, passage) pair
-    candidates: int = 50  # ANN candidates sent to the reranker
+    candidates: int = Field(default=50, ge=1, le=1000)  # ANN candidates sent to the reranker (at most 1000)
+    time_limit_s: float = Field(default=30.0, gt=0)  # wall seconds the rerank task may score one query
     trust_remote_code: bool = False
 
 

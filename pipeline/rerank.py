@@ -11,6 +11,7 @@ length and packed into micro-batches of ``batch_tokens`` padded tokens.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Protocol, runtime_checkable
@@ -32,8 +33,8 @@ class Reranker(Protocol):
 
     name: str
 
-    def score(self, query: str, texts: Sequence[str]) -> list[float]:
-        """One score per text, in input order."""
+    def score(self, query: str, texts: Sequence[str], *, deadline: float | None = None) -> list[float]:
+        """One score per text, in input order; ``TimeoutError`` past ``deadline`` (time.monotonic())."""
         ...
 
 
@@ -75,7 +76,9 @@ class CrossEncoderReranker:
     def __repr__(self) -> str:
         return f"<CrossEncoderReranker {self.name} on {self.device}, max {self.max_length} tokens>"
 
-    def score(self, query: str, texts: Sequence[str]) -> list[float]:
+    def score(self, query: str, texts: Sequence[str], *, deadline: float | None = None) -> list[float]:
+        """One score per text; checks ``deadline`` (time.monotonic()) before each micro-batch, so a
+        call stops within one forward pass of it (Celery's threads pool ignores task time limits)."""
         if isinstance(texts, str):
             raise TypeError("score() takes a sequence of texts, not one string")
         if not len(texts):
@@ -86,7 +89,11 @@ class CrossEncoderReranker:
             for i in range(len(texts))
         ]
         scores = np.empty(len(texts), dtype=np.float32)
+        done = 0
         for batch in pack_micro_batches([len(row["input_ids"]) for row in rows], self.batch_tokens):
+            if deadline is not None and time.monotonic() > deadline:
+                raise TimeoutError(f"rerank stopped at its time limit after scoring {done} of {len(texts)} passages")
+            done += len(batch)
             scores[batch] = run_with_oom_split(
                 self._score_rows,
                 [rows[i] for i in batch],

@@ -221,7 +221,7 @@ def search_chunks(
 
 
 def rerank_chunks(
-    query: str, chunk_ids: Sequence[int], *, sessions: sessionmaker[Session], reranker
+    query: str, chunk_ids: Sequence[int], *, sessions: sessionmaker[Session], reranker, deadline: float | None = None
 ) -> list[tuple[int, float]]:
     """(chunk_id, cross-encoder score) best first. Runs in the rerank worker; scores context + text."""
     with sessions.begin() as session:
@@ -232,7 +232,7 @@ def rerank_chunks(
     ids = [cid for cid in chunk_ids if cid in texts]
     if not ids:
         return []
-    scores = reranker.score(query, [texts[cid] for cid in ids])
+    scores = reranker.score(query, [texts[cid] for cid in ids], deadline=deadline)
     return sorted(zip(ids, (float(s) for s in scores), strict=True), key=lambda kv: -kv[1])
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import time
 from collections.abc import Iterator
 
 from celery import shared_task
@@ -168,8 +169,12 @@ def _clear_wake_mark(model: str) -> None:
 def rerank(query: str, chunk_ids: list[int]) -> list[list[float]]:
     """Score (query, chunk) pairs with the cross-encoder; returns [chunk_id, score] best first."""
     ctx = _ctx()
+    deadline = time.monotonic() + ctx.settings.rerank.time_limit_s  # enforced inside (threads pool)
     with metrics.RERANK_SECONDS.time():
-        scored = search.rerank_chunks(query, chunk_ids, sessions=ctx.sessions, reranker=ctx.reranker)
+        scored = search.rerank_chunks(
+            query, chunk_ids[: ctx.settings.rerank.candidates], sessions=ctx.sessions, reranker=ctx.reranker,
+            deadline=deadline,
+        )  # fmt: skip
     return [[cid, score] for cid, score in scored]
 
 

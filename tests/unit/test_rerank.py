@@ -81,3 +81,14 @@ def test_two_labels_give_probability_of_last_class(minilm_dir, tmp_path):
 def test_rejects_a_bare_string(reranker):
     with pytest.raises(TypeError):
         reranker.score(QUERY, "not a list")
+
+
+def test_a_deadline_stops_scoring_between_micro_batches(model_dir):
+    """The rerank task's time limit fires inside the call (Celery's threads pool ignores time limits)."""
+    import time
+
+    small = CrossEncoderReranker(str(model_dir), device="cpu", batch_tokens=64)
+    texts = [f"passage number {i} about lighthouses and keepers" for i in range(40)]
+    with pytest.raises(TimeoutError, match="time limit after scoring 0 of 40"):
+        small.score("lighthouse", texts, deadline=time.monotonic() - 1)
+    assert len(small.score("lighthouse", texts, deadline=time.monotonic() + 600)) == 40
