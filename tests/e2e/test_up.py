@@ -68,7 +68,7 @@ def test_up_serves_other_shells_and_stops_every_child(tmp_path: Path, model_cach
     assert ingest.returncode == 0, ingest.stderr
     assert json.loads(ingest.stdout.splitlines()[-1]) == {"ready": 1}
     children = stop_up(proc)
-    assert "DATABASE_URL=postgresql" in printed and "REDIS_URL=redis://127.0.0.1:" in printed
+    assert "DATABASE_URL=postgresql+psycopg://docpipe:" in printed and "REDIS_URL=redis://:" in printed  # passwords
     assert len(children) >= 5  # postgres, broker, parse worker, embed worker, beat (and their children)
     assert not [c for c in children if c.is_running() and c.status() != psutil.STATUS_ZOMBIE]
     assert StackInfo.read(data_dir) is None
