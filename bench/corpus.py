@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -13,8 +14,9 @@ REPO = Path(__file__).resolve().parent.parent
 
 
 def default_docs() -> Path:
-    """`../shared/corpus/pdf` beside the repo, else /work/shared/corpus/pdf, else the README."""
-    for candidate in (REPO.parent / "shared" / "corpus" / "pdf", Path("/work/shared/corpus/pdf")):
+    """`$DOCPIPE_CORPUS/pdf`, else `../shared/corpus/pdf` beside the repo, else the README."""
+    env = os.environ.get("DOCPIPE_CORPUS")
+    for candidate in (*([Path(env) / "pdf"] if env else []), REPO.parent / "shared" / "corpus" / "pdf"):
         if candidate.is_dir():
             return candidate
     return REPO / "README.md"

@@ -40,7 +40,7 @@ def default_beir_dir() -> Path | None:
     """The shared SciFact train split beside the repo, if present."""
     from docpipe.bench.corpus import REPO
 
-    for candidate in (REPO.parent / "shared" / "ir" / "scifact-train", Path("/work/shared/ir/scifact-train")):
+    for candidate in (REPO.parent / "shared" / "ir" / "scifact-train",):
         if (candidate / "corpus.jsonl").is_file():
             return candidate
     return None

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import itertools
+import json
 
 import numpy as np
 import pytest
@@ -103,10 +104,12 @@ def test_write_embeddings_is_exactly_once_and_marks_ready(sessions, collection) 
             text("SELECT count(*), count(DISTINCT chunk_id) FROM embeddings WHERE chunk_id = ANY(:ids)"), {"ids": ids}
         ).one()
         state = s.execute(text("SELECT state FROM documents WHERE id = :d"), {"d": doc.id}).scalar_one()
-        stored = s.execute(text("SELECT embedding::text FROM embeddings WHERE chunk_id = :c"), {"c": ids[0]}).scalar()
+        stored = s.execute(
+            text("SELECT embedding::text FROM embeddings WHERE chunk_id = :c"), {"c": ids[0]}
+        ).scalar_one()
     assert ready >= 1 and state == "ready"
     assert tuple(rows) == (3, 3)
-    assert np.allclose(np.array(eval(stored)), vecs[0], atol=1e-6)  # first write kept
+    assert np.allclose(np.array(json.loads(stored)), vecs[0], atol=1e-6)  # first write kept (pgvector text is JSON)
 
 
 def test_document_with_no_chunks_is_ready_with_a_note(sessions, collection) -> None:
@@ -119,10 +122,13 @@ def test_document_with_no_chunks_is_ready_with_a_note(sessions, collection) -> N
 def test_collection_names_are_validated_by_the_schema(sessions) -> None:
     from sqlalchemy.exc import IntegrityError
 
+    with sessions.begin() as s:
+        before = s.execute(text("SELECT count(*) FROM documents")).scalar_one()
     with pytest.raises(IntegrityError), sessions.begin() as s:
         store.ensure_collection(s, "x'; DROP TABLE documents; --", model="test/model-8d", dim=DIM)
-    with sessions.begin() as s:
-        assert s.execute(text("SELECT count(*) FROM documents")).scalar() is not None
+    with sessions.begin() as s:  # the table is still there, with the same rows, and no such collection exists
+        assert s.execute(text("SELECT count(*) FROM documents")).scalar_one() == before
+        assert s.execute(text("SELECT count(*) FROM collections WHERE name LIKE 'x''%'")).scalar_one() == 0
 
 
 def test_text_search_prefers_all_words_then_fills_with_any(sessions, collection) -> None:

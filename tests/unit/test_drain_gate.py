@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 
 from docpipe.drain import DrainGate, EmbedStats
 
@@ -39,11 +40,14 @@ def test_no_lost_wake_ups_under_contention() -> None:
     overlap = False
 
     def drain() -> EmbedStats:
+        """Inside for a while (not under the lock), so two drains at once would overlap and be seen."""
         nonlocal drained, active, overlap
         with lock:
             active += 1
             overlap |= active > 1
             drained = committed
+        time.sleep(0.0002)  # the window another drain would have to enter
+        with lock:
             active -= 1
         return EmbedStats()
 
@@ -61,3 +65,25 @@ def test_no_lost_wake_ups_under_contention() -> None:
         t.join(30)
     assert drained == committed == 800
     assert not overlap
+
+
+def test_the_overlap_check_can_fail_without_the_gate() -> None:
+    """The contention test's fake sees two drains at once when nothing serialises them."""
+    lock, active, overlap = threading.Lock(), 0, False
+    inside = threading.Barrier(2)
+
+    def drain() -> None:
+        nonlocal active, overlap
+        with lock:
+            active += 1
+            overlap |= active > 1
+        inside.wait(5)  # both threads are inside at once
+        with lock:
+            active -= 1
+
+    threads = [threading.Thread(target=drain) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(5)
+    assert overlap
