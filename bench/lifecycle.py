@@ -8,8 +8,9 @@
 2. The collection is reindexed to a second model directory (MiniLM's weights
    with CLS pooling: other vectors, same cost) while a thread searches it in a
    loop. Figures: seconds from the last new vector written to the switch (as
-   polled every 20 ms), and searches whose hits matched neither the old model's
-   answer (before the switch) nor the new model's (after): must be 0.
+   polled every 20 ms), and searches whose hits lie closer to the other model's
+   exact neighbours than to the model that should answer (old before the
+   switch, new after), or to neither: must be 0.
 """
 
 from __future__ import annotations
@@ -75,37 +76,84 @@ def answers(client) -> tuple[tuple[int, ...], ...]:
     )
 
 
-def measure_reindex(client, model: Path) -> dict[str, float]:
+def exact_top(client, model: str, n: int = 20) -> list[list[int]]:
+    """Each query's exact nearest `n` chunks under `model` (sequential scan, no index), ready versions only."""
+    from sqlalchemy import text
+
+    from docpipe.search import vector_literal
+
+    out = []
+    for q in QUERIES:
+        vec = vector_literal(client.embedder(model).embed_query(q))
+        with client.sessions.begin() as s:
+            s.execute(text("SET LOCAL enable_indexscan = off"))
+            rows = s.execute(
+                text(
+                    "SELECT ch.id FROM embeddings e JOIN chunks ch ON ch.id = e.chunk_id "
+                    "JOIN documents d ON d.id = ch.document_id JOIN collections c ON c.id = d.collection_id "
+                    "JOIN embedding_models m ON m.id = e.model_id "
+                    "WHERE c.name = :c AND m.name = :m AND d.state = 'ready' "
+                    "ORDER BY e.embedding <=> CAST(:q AS vector) LIMIT :n"
+                ),
+                {"c": COLLECTION, "m": model, "q": vec, "n": n},
+            ).scalars()
+            out.append(list(rows))
+    return out
+
+
+def model_of(answer: tuple[int, ...], old: list[int], new: list[int]) -> str:
+    """Which model's exact neighbourhood a hit list belongs to ("none": in neither's top 20)."""
+    o, n = len(set(answer) & set(old)), len(set(answer) & set(new))
+    return "old" if o > n else "new" if n > o else "none" if o == 0 else "tie"
+
+
+def measure_reindex(client, model: Path) -> dict[str, object]:
+    """Searches run in a loop during a reindex; each must answer from the old model before the switch, new after."""
+    old_model = client.reindex_status(COLLECTION).model
     before = answers(client)
-    seen: list[tuple[float, tuple]] = []
+    seen: list[tuple[float, float, tuple]] = []  # (started, ended, answer)
     stop = threading.Event()
 
     def search_loop() -> None:
         while not stop.is_set():
-            seen.append((time.perf_counter(), answers(client)))
+            t = time.perf_counter()
+            got = answers(client)
+            seen.append((t, time.perf_counter(), got))
 
     searcher = threading.Thread(target=search_loop, daemon=True)
     t0 = time.perf_counter()
     client.reindex(COLLECTION, model=str(model))
     searcher.start()
-    all_embedded = None
+    all_embedded, last_unswitched = None, time.perf_counter()
     while (status := client.reindex_status(COLLECTION)).target is not None:
+        last_unswitched = time.perf_counter()
         if all_embedded is None and status.embedded >= status.chunks:
-            all_embedded = time.perf_counter()
+            all_embedded = last_unswitched
         time.sleep(0.02)
-    switched = time.perf_counter()
+    switched = time.perf_counter()  # the switch committed between last_unswitched and now
     time.sleep(1.0)
     stop.set()
     searcher.join()
     after = answers(client)
-    wrong = [s for _, s in seen if s not in (before, after)]
+    exact_old, exact_new = exact_top(client, old_model), exact_top(client, str(model))
+    wrong, empty, ambiguous = 0, 0, 0
+    for started, ended, got in seen:
+        expected = "old" if ended < last_unswitched else "new" if started > switched else None
+        ambiguous += expected is None
+        empty += not all(got)
+        sides = [model_of(a, o, n) for a, o, n in zip(got, exact_old, exact_new, strict=True)]
+        wrong += any(side in ("none", "tie") or (expected is not None and side != expected) for side in sides)
     return {
+        "chunks": status.chunks,
         "reindex_to_switch_s": round(switched - t0, 2),
         "last_vector_to_switch_s": round(switched - (all_embedded or switched), 3),
-        "searches_during": len(seen),
-        "searches_wrong": len(wrong),
-        "empty_answers": sum(1 for _, s in seen if not all(s)),
-        "answers_changed": before != after,
+        "searches": len(seen),
+        "searches_spanning_the_switch": ambiguous,
+        "searches_wrong_model_or_stale": wrong,
+        "searches_empty": empty,
+        "distinct_answers": len({a for _, _, a in seen}),
+        "before_equals_exact_old_top5": [list(b) == e[:5] for b, e in zip(before, exact_old, strict=True)],
+        "after_equals_exact_new_top5": [list(a) == e[:5] for a, e in zip(after, exact_new, strict=True)],
     }
 
 
