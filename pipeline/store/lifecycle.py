@@ -192,10 +192,10 @@ def problems(session: Session, collection: str | None, *, limit: int = 1000) -> 
 
 
 def collection_status(session: Session, collection: str | None) -> dict[str, dict[str, Any]]:
-    """Per collection: model, documents per state, `no_text` (ready without chunks), chunks, vectors."""
+    """Per collection: model, documents per state, `no_text` (ready without chunks), chunks, vectors, reindex."""
     rows = session.execute(
         text(
-            "SELECT c.name, m.name AS model, "
+            "SELECT c.name, m.name AS model, n.name AS next_model, "
             "  (SELECT json_object_agg(state, n) FROM (SELECT state, count(*) n FROM documents "
             "     WHERE collection_id = c.id GROUP BY state) s) AS states, "
             "  (SELECT count(*) FROM documents WHERE collection_id = c.id AND state = :ready "
@@ -206,6 +206,7 @@ def collection_status(session: Session, collection: str | None) -> dict[str, dic
             "     JOIN documents d ON d.id = ch.document_id "
             "     WHERE d.collection_id = c.id AND e.model_id = c.model_id) AS embeddings "
             "FROM collections c JOIN embedding_models m ON m.id = c.model_id "
+            "LEFT JOIN embedding_models n ON n.id = c.next_model_id "
             "WHERE CAST(:c AS text) IS NULL OR c.name = :c ORDER BY c.name"
         ),
         {"c": collection, "ready": states.DocState.READY},
@@ -220,6 +221,7 @@ def collection_status(session: Session, collection: str | None) -> dict[str, dic
             "problems": int(r.no_text) + int(docs.get(states.DocState.FAILED, 0)),
             "chunks": r.chunks,
             "embeddings": r.embeddings,
+            "reindexing_to": r.next_model,  # None unless a reindex runs (client.reindex_status: progress)
         }
     return out
 

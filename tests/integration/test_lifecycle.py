@@ -293,6 +293,8 @@ def test_reindex_switches_in_one_transaction_once_every_chunk_has_its_new_vector
         new_model = store.ensure_model(s, f"test/life-4d-{collection.name}", 4)
         queued = store.start_reindex(s, collection.id, new_model)
     assert queued == 2
+    with sessions.begin() as s:
+        assert store.collection_status(s, collection.name)[collection.name]["reindexing_to"].startswith("test/life-4d")
     old_query, new_query = "[" + ",".join(["0.1"] * DIM) + "]", "[0.1,0.2,0.3,0.4]"
 
     def vector_search(q: str) -> set[str]:
