@@ -48,60 +48,6 @@ SELECT collection_id, lexeme, count(*) FROM chunk_terms GROUP BY collection_id, 
 DROP INDEX IF EXISTS chunk_terms_chunk;
 CREATE INDEX chunk_terms_chunk ON chunk_terms (chunk_id, lexeme) INCLUDE (tf, dl);
 
-CREATE OR REPLACE FUNCTION docpipe_index_chunk_terms() RETURNS trigger
-LANGUAGE plpgsql AS $fn$
-BEGIN
-    WITH analysed AS (
-        SELECT n.id AS chunk_id, d.collection_id, c.bm25_k1 AS k1, c.bm25_b AS b, t.lexeme,
-               cardinality(t.positions) AS tf, sum(cardinality(t.positions)) OVER (PARTITION BY n.id) AS dl
-        FROM new_chunks n
-        JOIN documents d   ON d.id = n.document_id
-        JOIN collections c ON c.id = d.collection_id,
-             unnest(to_tsvector(c.text_config, n.context || E'\n\n' || n.text)) t
-    ), avgdl AS (  -- the collection's average length so far, or this batch's for a new collection
-        SELECT a.collection_id,
-               coalesce(max(s.terms::double precision / nullif(s.chunks, 0)),
-                        sum(a.tf)::double precision / count(DISTINCT a.chunk_id)) AS avgdl
-        FROM analysed a LEFT JOIN bm25_stats s ON s.collection_id = a.collection_id
-        GROUP BY a.collection_id
-    ), postings AS (
-        -- in key order: the index's pages are filled in sequence
-        INSERT INTO chunk_terms (collection_id, lexeme, chunk_id, tf, dl, impact)
-        SELECT a.collection_id, a.lexeme, a.chunk_id, a.tf, a.dl,
-               a.tf * (a.k1 + 1) / (a.tf + a.k1 * (1 - a.b + a.b * a.dl / g.avgdl))
-        FROM analysed a JOIN avgdl g USING (collection_id)
-        ORDER BY a.collection_id, a.lexeme
-        RETURNING collection_id, lexeme, chunk_id, tf
-    ), df AS (
-        INSERT INTO chunk_term_df (collection_id, lexeme, chunks)
-        SELECT collection_id, lexeme, count(*) FROM postings GROUP BY collection_id, lexeme
-    )
-    INSERT INTO bm25_stats AS s (collection_id, chunks, terms)
-    SELECT collection_id, count(DISTINCT chunk_id), sum(tf) FROM postings GROUP BY collection_id
-    ON CONFLICT (collection_id) DO UPDATE
-        SET chunks = s.chunks + EXCLUDED.chunks, terms = s.terms + EXCLUDED.terms;
-    RETURN NULL;
-END
-$fn$;
-
-CREATE OR REPLACE FUNCTION docpipe_unindex_chunk_terms() RETURNS trigger
-LANGUAGE plpgsql AS $fn$
-BEGIN
-    WITH gone AS (
-        DELETE FROM chunk_terms t
-        WHERE t.chunk_id IN (SELECT id FROM old_chunks)
-        RETURNING t.collection_id, t.lexeme, t.chunk_id, t.tf
-    ), df AS (
-        INSERT INTO chunk_term_df (collection_id, lexeme, chunks)
-        SELECT collection_id, lexeme, -count(*) FROM gone GROUP BY collection_id, lexeme
-    )
-    UPDATE bm25_stats s SET chunks = s.chunks - x.n, terms = s.terms - x.dl
-    FROM (SELECT collection_id, count(DISTINCT chunk_id) AS n, sum(tf) AS dl FROM gone GROUP BY collection_id) x
-    WHERE s.collection_id = x.collection_id;
-    RETURN NULL;
-END
-$fn$;
-
 -- Folds each lexeme's df deltas into one row (the sweeper runs it); returns the rows folded.
 CREATE OR REPLACE FUNCTION docpipe_compact_term_df() RETURNS bigint
 LANGUAGE sql AS $fn$
@@ -201,19 +147,45 @@ CREATE INDEX chunk_terms_chunk ON chunk_terms USING brin (chunk_id);
 """
 
 
-def _trigger_functions_0005() -> str:
-    """0005's trigger functions (postings and N, Σdl; no df rows)."""
+# 0005's triggers also write each term's df delta: the RETURNING lists gain the lexeme, and one more step.
+DF_ON_INSERT = (
+    "        RETURNING collection_id, chunk_id, tf\n    )\n",
+    "        RETURNING collection_id, lexeme, chunk_id, tf\n"
+    "    ), df AS (\n"
+    "        INSERT INTO chunk_term_df (collection_id, lexeme, chunks)\n"
+    "        SELECT collection_id, lexeme, count(*) FROM postings GROUP BY collection_id, lexeme\n"
+    "    )\n",
+)
+DF_ON_DELETE = (
+    "        RETURNING t.collection_id, t.chunk_id, t.tf\n    )\n",
+    "        RETURNING t.collection_id, t.lexeme, t.chunk_id, t.tf\n"
+    "    ), df AS (\n"
+    "        INSERT INTO chunk_term_df (collection_id, lexeme, chunks)\n"
+    "        SELECT collection_id, lexeme, -count(*) FROM gone GROUP BY collection_id, lexeme\n"
+    "    )\n",
+)
+
+RANGE_COMMENT = ("the block-range index skip the rest of the table", "the b-tree read one range")
+
+
+def trigger_functions(*, with_df: bool) -> str:
+    """0005's trigger functions (postings, N and Σdl), writing df deltas too when `with_df`."""
     v5 = import_module("docpipe.migrations.versions.0005_bm25_and_context").UPGRADE
-    start = v5.index("CREATE FUNCTION docpipe_index_chunk_terms()")
-    end = v5.index("CREATE TRIGGER chunks_index_terms")
-    return v5[start:end].replace("CREATE FUNCTION", "CREATE OR REPLACE FUNCTION")
+    body = v5[v5.index("CREATE FUNCTION docpipe_index_chunk_terms()") : v5.index("CREATE TRIGGER chunks_index_terms")]
+    body = body.replace("CREATE FUNCTION", "CREATE OR REPLACE FUNCTION")
+    if with_df:
+        for old, new in (DF_ON_INSERT, DF_ON_DELETE, RANGE_COMMENT):
+            assert body.count(old) == 1, old
+            body = body.replace(old, new)
+    return body
 
 
 def upgrade() -> None:
     op.execute(UPGRADE)
+    op.execute(trigger_functions(with_df=True))
 
 
 def downgrade() -> None:
     op.execute(DOWNGRADE)
-    op.execute(_trigger_functions_0005())
+    op.execute(trigger_functions(with_df=False))
     op.execute(import_module("docpipe.migrations.versions.0006_lifecycle").text_search_function())
