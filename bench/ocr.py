@@ -32,6 +32,12 @@ from docpipe.parse.ocr_pages import read_pages
 from docpipe.parse.pdf import render_page, silence_mupdf
 
 MIN_REFERENCE_CHARS = 200  # pages with less text-layer text are skipped for accuracy (ratios too noisy)
+# Real scans of the corpus (no text layer) and a phrase read off each page image by eye.
+EYE_PHRASES = [
+    ("pdf/pymupdf__tests__resources__test_3863.pdf", "Bitumen und Kunststoff"),  # a German pipe-laying form
+    ("pdf/pymupdf__tests__resources__test_4034.pdf", "Solicitação de Empenho"),  # a Brazilian purchase order
+    ("pdf/pdfjs__test__pdfs__issue5481.pdf", "4K72"),  # a taxi's roof sign in a street photo
+]
 
 
 def levenshtein(a: Sequence, b: Sequence) -> int:
@@ -181,9 +187,15 @@ def scanned_set(corpus: Path, folder: Path, docs: int, pages: int, dpi: int) -> 
                 page.insert_image(page.rect, stream=png)
             target = folder / f"scan-{path.stem[:40]}.pdf"
             out.save(target)
-        words = reference.split()
+        words = [w for w in reference.split() if w.isalpha() and len(w) > 2]
         made.append((target, " ".join(words[len(words) // 2 : len(words) // 2 + 4])))
     return made
+
+
+def distractors(corpus: Path, count: int) -> list[Path]:
+    """Text PDFs that share the collection with the scans, so a top-3 hit means something."""
+    rows = [r for r in manifest(corpus) if r["class"] == "ok_text" and "SLOW" not in r.get("note", "")]
+    return [corpus / r["file"] for r in rows[:count]]
 
 
 def measure_pipeline(corpus: Path, work: Path, config: OcrConfig, docs: int, pages: int) -> dict:
@@ -203,10 +215,16 @@ def measure_pipeline(corpus: Path, work: Path, config: OcrConfig, docs: int, pag
         job = run.client.ingest(paths, collection="ocr-bench")
         counts = job.wait(timeout_s=3600)
         ingest = time.perf_counter() - t0
+        eye = [corpus / name for name, _ in EYE_PHRASES]
+        others = distractors(corpus, 30)
+        run.client.ingest([*eye, *others], collection="ocr-bench").wait(timeout_s=3600)
         found = []
-        for path, phrase in made:
+        queries = [(path, phrase, False) for path, phrase in made]
+        queries += [(path, phrase, True) for path, (_, phrase) in zip(eye, EYE_PHRASES, strict=True)]
+        for path, phrase, by_eye in queries:
             hits = run.client.search(phrase, collection="ocr-bench", k=3)
-            found.append({"phrase": phrase, "doc": path.name, "top3": any(Path(h.source) == path for h in hits)})
+            top = [Path(h.source).name for h in hits]
+            found.append({"phrase": phrase, "doc": path.name, "by_eye": by_eye, "top3": path.name in top})
         concurrency = run.settings.worker.parse_concurrency
     return {
         "documents": len(paths),
@@ -216,6 +234,7 @@ def measure_pipeline(corpus: Path, work: Path, config: OcrConfig, docs: int, pag
         "ingest_wall_s": round(ingest, 1),
         "ingest_over_pure_ocr": round(ingest / pure, 2),
         "parse_concurrency": concurrency or "one per core",
+        "search_collection_documents": len(paths) + len(eye) + len(others),
         "search_top3": found,
     }
 
@@ -227,6 +246,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--per-file", type=int, default=3, help="accuracy pages per PDF at most")
     parser.add_argument("--dpi", type=int, default=OcrConfig().dpi)
     parser.add_argument("--skip", nargs="*", default=[], choices=["accuracy", "coverage", "pipeline"])
+    parser.add_argument("--coverage-pages", type=int, default=20, help="pages OCR'd per file at most, coverage")
     parser.add_argument("--scan-docs", type=int, default=4)
     parser.add_argument("--scan-pages", type=int, default=3)
     parser.add_argument("--out", type=Path, help="write the results JSON here too")
@@ -238,7 +258,8 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(results["accuracy"]), flush=True)
     if "coverage" not in args.skip:
         limits = ParseLimits(timeout_s=600.0)
-        results["coverage"] = measure_coverage(args.corpus, config.model_copy(update={"max_pages": 20}), limits)
+        capped = config.model_copy(update={"max_pages": args.coverage_pages})
+        results["coverage"] = measure_coverage(args.corpus, capped, limits)
         print(json.dumps(results["coverage"]), flush=True)
     if "pipeline" not in args.skip:
         with tempfile.TemporaryDirectory(prefix="docpipe-ocr-bench-") as work:
