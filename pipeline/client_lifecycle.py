@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 from docpipe import states, store
 from docpipe.errors import ConfigError
+from docpipe.loading import checked_metadata, display_path
 from docpipe.sync import SyncReport, file_digest, plan_sync, scan_root
 
 if TYPE_CHECKING:
@@ -79,7 +80,7 @@ class LifecycleOps:
         A None value removes that key; `replace` makes `patch` the whole metadata.
         Nothing is parsed or embedded again: search filters see it at once.
         """
-        collection = self._collection_name(collection)
+        collection, patch = self._collection_name(collection), checked_metadata(patch)
         if isinstance(where_or_ids, dict):
             sel = store.Selection(where=where_or_ids)
         else:
@@ -100,12 +101,11 @@ class LifecycleOps:
     ) -> SyncReport:
         """Make the collection's documents under `root` match the files there: add, replace, rename, delete.
 
-        Unchanged files cost a read and a hash. Running it again changes nothing.
+        Unchanged files cost a read and a hash. Running it again changes nothing. Symlinks leading
+        out of `root` and special files are skipped, as in `ingest`.
         `wait`: block until the new versions are ready or failed (`failed` then counts both kinds).
         """
-        collection = self._collection_name(collection)
-        if metadata is not None and not isinstance(metadata, dict):
-            raise ValueError("metadata must be a dict")
+        collection, metadata = self._collection_name(collection), checked_metadata(metadata)
         started = time.perf_counter()
         root = Path(root).expanduser().resolve()
         if not root.is_dir():
@@ -119,7 +119,8 @@ class LifecycleOps:
         stored: dict[str, store.KeyVersion] = {}
         if coll is not None:
             with self.sessions.begin() as session:
-                stored = store.key_versions(session, coll.id, store.prefix_to_like(str(root).rstrip("/") + "/"))
+                prefix = display_path(root).rstrip("/") + "/"  # keys are display paths (see FileEntry.source)
+                stored = store.key_versions(session, coll.id, store.prefix_to_like(prefix))
         plan = plan_sync(digests, {key: v.sha256 for key, v in stored.items()})
         report = SyncReport(collection, str(root), plan, dry_run, skipped=skipped)
         changed = [entries[key] for key in (*plan.add, *plan.replace)]

@@ -8,7 +8,6 @@ parsed or embedded again.
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -52,7 +51,7 @@ def plan_sync(files: Mapping[str, bytes], stored: Mapping[str, bytes]) -> SyncPl
 
 
 def scan_root(root: Path, *, max_bytes: int) -> tuple[dict[str, FileEntry], int]:
-    """Supported files under `root` by key (resolved path), and the number of unsupported ones skipped."""
+    """Supported files under `root` by key (`FileEntry.source`), and the number of unsupported ones skipped."""
     _, found = expand_paths([root])
     entries: dict[str, FileEntry] = {}
     skipped = 0
@@ -61,16 +60,13 @@ def scan_root(root: Path, *, max_bytes: int) -> tuple[dict[str, FileEntry], int]
         if entry.media_type == UNSUPPORTED:
             skipped += 1
         else:
-            entries[str(path.resolve())] = entry
+            entries[entry.source] = entry
     return entries, skipped
 
 
 def file_digest(entry: FileEntry) -> bytes:
-    """The sha256 `read_document` would give, streamed (the bytes are read again only if they changed)."""
-    if entry.problem is not None:
-        return read_document(entry)[1]
-    with open(entry.path, "rb") as fh:
-        return hashlib.file_digest(fh, "sha256").digest()
+    """The sha256 ingest gives the file (read the same guarded way; stored again only if it changed)."""
+    return read_document(entry)[1]
 
 
 @dataclass
