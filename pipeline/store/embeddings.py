@@ -33,15 +33,23 @@ def model_row(session: Session, name: str) -> tuple[int, int] | None:
 def claim_pending_chunks(
     session: Session, model_id: int, *, max_tokens: int, lease_s: int, max_rows: int = 4096
 ) -> list[PendingChunk]:
-    """Lease pending chunks of one model across all documents, up to `max_tokens` tokens in total."""
+    """Lease pending chunks of one model across all documents, up to `max_tokens` tokens in total.
+
+    The budget is filled round-robin over the documents among the first `max_rows` pending rows
+    (each one's 1st chunk, then each one's 2nd, ...), so a huge document does not hold back the
+    small ones queued beside it.
+    """
     rows = session.execute(
         text(
             "WITH cand AS ("
-            "  SELECT chunk_id, token_count FROM embedding_queue "
+            "  SELECT chunk_id, document_id, token_count FROM embedding_queue "
             "  WHERE model_id = :m AND (lease_until IS NULL OR lease_until < now()) "
             "  ORDER BY chunk_id LIMIT :rows FOR UPDATE SKIP LOCKED"
+            "), turns AS ("
+            "  SELECT chunk_id, token_count, "
+            "         row_number() OVER (PARTITION BY document_id ORDER BY chunk_id) AS turn FROM cand"
             "), budget AS ("
-            "  SELECT chunk_id, sum(greatest(token_count, 1)) OVER (ORDER BY chunk_id) AS running FROM cand"
+            "  SELECT chunk_id, sum(greatest(token_count, 1)) OVER (ORDER BY turn, chunk_id) AS running FROM turns"
             "), picked AS ("
             "  SELECT chunk_id FROM budget WHERE running <= :budget "
             "  UNION SELECT min(chunk_id) FROM cand"  # at least one, even if it alone is over budget

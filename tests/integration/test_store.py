@@ -89,6 +89,20 @@ def test_claim_respects_token_budget_across_documents(sessions, collection) -> N
         assert store.claim_pending_chunks(s, collection.model_id, max_tokens=10_000, lease_s=60) == []
 
 
+def test_claims_interleave_documents_so_a_huge_one_cannot_starve_a_small_one(sessions, collection) -> None:
+    big = parsed(sessions, collection, b"one huge document", 30)  # queued first: chunk ids before the small one's
+    small = parsed(sessions, collection, b"a small note", 1)
+    try:
+        with sessions.begin() as s:
+            batch = store.claim_pending_chunks(s, collection.model_id, max_tokens=40, lease_s=60)
+        docs = [c.document_id for c in batch]
+        assert small.id in docs and big.id in docs  # in chunk-id order the budget went to the big one alone
+        assert sum(c.token_count for c in batch) <= 40
+    finally:
+        with sessions.begin() as s:
+            s.execute(text("DELETE FROM embedding_queue WHERE document_id = ANY(:d)"), {"d": [big.id, small.id]})
+
+
 def test_write_embeddings_is_exactly_once_and_marks_ready(sessions, collection) -> None:
     doc = parsed(sessions, collection, b"exactly once", 3)
     with sessions.begin() as s:
