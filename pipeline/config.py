@@ -175,7 +175,8 @@ def settings_env(settings: Settings) -> dict[str, str]:
             continue
         if isinstance(value, dict):
             for sub, subvalue in value.items():
-                env[f"DOCPIPE_{name.upper()}__{sub.upper()}"] = str(subvalue)
+                if subvalue is not None:  # unset: the child's default, as here ("None" would not parse back)
+                    env[f"DOCPIPE_{name.upper()}__{sub.upper()}"] = str(subvalue)
         else:
             env[f"DOCPIPE_{name.upper()}"] = str(value)
     if settings.database_url:
