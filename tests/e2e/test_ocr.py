@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import re
 from pathlib import Path
 
 import pytest
@@ -79,3 +80,15 @@ def test_long_scans_fan_out_and_keep_their_page_numbers(client, ocr_ingested: di
     joined = " ".join(r.text for r in rows).lower()
     assert all(word in joined for word in ("orchard", "varieties", "pruning"))
     assert min(r.page_start for r in rows) == 1 and max(r.page_end for r in rows) == 3
+
+
+def test_readme_ocr_sql_runs(client, ocr_ingested: dict[str, int]) -> None:
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    start = readme.index("## OCR")
+    section = readme[start : readme.index("\n## ", start + 1)]
+    (sql,) = re.findall(r"```postgresql\n(.*?)```", section, flags=re.S)
+    with client.sessions.begin() as s:
+        rows = s.execute(text(sql.replace("'docs'", f"'{COLLECTION}'"))).all()
+    assert {Path(r.source).name for r in rows} == set(ocr_ingested)
+    confidences = [float(r.confidence) for r in rows]
+    assert confidences == sorted(confidences)
