@@ -20,6 +20,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import tempfile
 import time
 import warnings
 from dataclasses import dataclass
@@ -145,10 +146,12 @@ def _relocated_cluster(pgdata: Path) -> Path:
     for folder in (RELOCATED_PG_ROOT.parent, RELOCATED_PG_ROOT):  # ours by name; chmod: umask may be 077
         folder.mkdir(exist_ok=True)
         folder.chmod(0o711)
-    for other in RELOCATED_PG_ROOT.iterdir():  # clusters whose data dir is gone (test runs) go too
+    temp = Path(tempfile.gettempdir()).resolve()
+    for other in RELOCATED_PG_ROOT.iterdir():  # clusters of temporary data dirs that are gone (test runs)
         owner = other / "owner"
         with contextlib.suppress(OSError):
-            if owner.exists() and not Path(owner.read_text()).exists():
+            gone = Path(owner.read_text()) if owner.exists() else None
+            if gone is not None and temp in gone.parents and not gone.exists():
                 shutil.rmtree(other, ignore_errors=True)
     home = RELOCATED_PG_ROOT / digest
     home.mkdir(exist_ok=True)
@@ -193,6 +196,8 @@ class EmbeddedPostgres:
         self.cluster = _relocated_cluster(self.pgdata) if user else self.pgdata
         if user:
             print(f"docpipe: Postgres runs as {PG_SYSTEM_USER}; its cluster is in {self.cluster}", flush=True)
+            if not had_secrets and self.cluster.exists():  # left by a deleted data dir of the same path
+                shutil.rmtree(self.cluster)
         if not (self.cluster / "PG_VERSION").exists():
             self._initdb(user)
         elif not had_secrets:
@@ -201,6 +206,21 @@ class EmbeddedPostgres:
                 "(trust auth); move it away (or use a new --data-dir) to start with password auth"
             )
         self._stop_orphan(user)
+        for attempt in range(3):  # another server may take the chosen port before ours binds it
+            if self._launch(user, timeout_s=timeout_s):
+                break
+            if attempt == 2:
+                log_file = self.pgdata.parent / "postgres.log"
+                raise ConfigError(f"Postgres could not bind a port on 127.0.0.1; see {log_file}")
+            self.port = free_port()
+        self._ensure_database(timeout_s)
+
+    def _launch(self, user: dict, *, timeout_s: float) -> bool:
+        """Start the server; True once it says "ready" in its pid file, False if it exited (port taken).
+
+        Waiting for our own server's pid file, not for the port, means a foreign server that grabbed
+        the port meanwhile is never mistaken for ours.
+        """
         log = open_private_log(self.pgdata.parent / "postgres.log")
         socket_dir = self.cluster / "run"
         socket_dir.mkdir(exist_ok=True, mode=0o700)
@@ -232,8 +252,17 @@ class EmbeddedPostgres:
             **user,
         )
         log.close()
-        wait_for_port(self.port, timeout_s=timeout_s, proc=self.proc)
-        self._ensure_database(timeout_s)
+        deadline = time.monotonic() + timeout_s
+        pid_file = self.cluster / "postmaster.pid"
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                return False
+            with contextlib.suppress(OSError):
+                lines = pid_file.read_text().splitlines()
+                if lines and lines[0].strip() == str(self.proc.pid) and lines[-1].strip() == "ready":
+                    return True
+            time.sleep(0.05)
+        raise ConfigError(f"Postgres did not get ready within {timeout_s:g} s")
 
     def _stop_orphan(self, user: dict) -> None:
         """Stop a server a crashed earlier run left on this data dir (we own it)."""
