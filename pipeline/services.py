@@ -399,11 +399,20 @@ class EmbeddedRedis:
             "requirepass": self._password(),
         }
         conf = self.data_dir / "server.conf"
-        write_private(conf, "".join(f"{key} {value}\n" for key, value in config.items()))
-        log = open_private_log(self.data_dir / "redis.log")
-        self.proc = subprocess.Popen([self.binary(), str(conf)], stdout=log, stderr=log, start_new_session=True)
-        log.close()
-        wait_for_port(self.port, timeout_s=timeout_s, proc=self.proc)
+        for attempt in range(3):  # another server may take the chosen port before ours binds it
+            config["port"] = str(self.port)
+            write_private(conf, "".join(f"{key} {value}\n" for key, value in config.items()))
+            log = open_private_log(self.data_dir / "redis.log")
+            self.proc = subprocess.Popen([self.binary(), str(conf)], stdout=log, stderr=log, start_new_session=True)
+            log.close()
+            with contextlib.suppress(ConfigError):
+                wait_for_port(self.port, timeout_s=timeout_s, proc=self.proc)
+            time.sleep(0.2)  # a server that lost the port race exits at once
+            if self.proc.poll() is None:
+                return
+            if attempt == 2:
+                raise ConfigError(f"the broker could not bind a port on 127.0.0.1; see {self.data_dir / 'redis.log'}")
+            self.port = free_port()
 
     def stop(self) -> None:
         if self.proc is not None:
