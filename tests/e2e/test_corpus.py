@@ -11,6 +11,10 @@ from sqlalchemy import text
 
 pytestmark = pytest.mark.slow
 
+# ok_little_text files (scans, image-heavy) that yield chunks: 87 of 126 from their text layer alone; with
+# OCR 98 (`python -m docpipe.bench.ocr`). The floor leaves room for pages over the test stack's short page
+# limit on a loaded machine, but needs OCR to add at least one document.
+LITTLE_TEXT_WITH_CHUNKS = 88
 CAUSE = re.compile(r"password|no pages|cannot open|extraction failed|page tree|corrupt|invalid|format error", re.I)
 
 
@@ -21,7 +25,11 @@ def test_whole_corpus(stack, client, corpus_dir: Path, manifest: list[dict[str, 
     job.wait(timeout_s=1800)
     with client.sessions.begin() as s:
         rows = s.execute(
-            text("SELECT source, state, last_error, chunk_count FROM documents WHERE id = ANY(:i)"),
+            text(
+                "SELECT source, state, last_error, chunk_count, "
+                "  EXISTS (SELECT 1 FROM chunks c WHERE c.document_id = documents.id AND c.ocr) AS ocr "
+                "FROM documents WHERE id = ANY(:i)"
+            ),
             {"i": job.document_ids},
         ).all()
     outcome = {Path(r.source).resolve(): r for r in rows}
@@ -39,6 +47,10 @@ def test_whole_corpus(stack, client, corpus_dir: Path, manifest: list[dict[str, 
             problems.append(f"{row['file']}: ok_text without chunks")
         if klass in ("encrypted", "broken") and (got.state != "failed" or not CAUSE.search(got.last_error or "")):
             problems.append(f"{row['file']}: {klass} ended {got.state}: {got.last_error}")
+    little = [outcome[(corpus_dir / r["file"]).resolve()] for r in manifest if r["class"] == "ok_little_text"]
+    with_chunks = sum(1 for got in little if got.chunk_count)
+    if with_chunks < LITTLE_TEXT_WITH_CHUNKS or not any(got.ocr for got in little):
+        problems.append(f"ok_little_text: {with_chunks} with chunks (want {LITTLE_TEXT_WITH_CHUNKS}, some by OCR)")
     print("\n" + "\n".join(table))
     print(Counter((row["class"], outcome[(corpus_dir / row["file"]).resolve()].state) for row in manifest))
     assert not problems, "\n".join(problems)
