@@ -79,18 +79,22 @@ def manifest(corpus: Path) -> list[dict[str, str]]:
     return [dict(zip(names, line.split("\t"), strict=False)) for line in lines[1:]]
 
 
-def accuracy_pages(corpus: Path, want: int, per_file: int) -> list[tuple[Path, int, str]]:
-    """(pdf, page, reference text) for `want` text-layer pages, at most `per_file` from each file."""
+def accuracy_pages(corpus: Path, want: int, per_file: int, skip: int = 0) -> list[tuple[Path, int, str]]:
+    """(pdf, page, reference text) for `want` text-layer pages, at most `per_file` from each file
+    after its first `skip` eligible pages (a second run can add pages a first run did not read)."""
     silence_mupdf()
     chosen: list[tuple[Path, int, str]] = []
     for row in manifest(corpus):
         if row["class"] != "ok_text" or "SLOW" in row.get("note", "") or not row["file"].endswith(".pdf"):
             continue
         with pymupdf.open(corpus / row["file"]) as doc:
-            taken = 0
+            taken = seen = 0
             for index in range(doc.page_count):
                 reference = normalise(doc.load_page(index).get_text(sort=True))
                 if len(reference) >= MIN_REFERENCE_CHARS:
+                    seen += 1
+                    if seen <= skip:
+                        continue
                     chosen.append((corpus / row["file"], index + 1, reference))
                     taken += 1
                 if taken == per_file or len(chosen) == want:
@@ -111,8 +115,8 @@ def children_cpu_s() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-def measure_accuracy(corpus: Path, want: int, per_file: int, config: OcrConfig) -> dict:
-    chosen = accuracy_pages(corpus, want, per_file)
+def measure_accuracy(corpus: Path, want: int, per_file: int, config: OcrConfig, skip: int = 0) -> dict:
+    chosen = accuracy_pages(corpus, want, per_file, skip)
     by_file: dict[Path, list[tuple[int, str]]] = {}
     for path, page, reference in chosen:
         by_file.setdefault(path, []).append((page, reference))
@@ -141,6 +145,8 @@ def measure_accuracy(corpus: Path, want: int, per_file: int, config: OcrConfig) 
         "ocr_wall_s": round(wall, 1),
         "pages_per_cpu_s": round(len(chosen) / cpu, 3) if cpu else None,
         "s_per_page_wall": round(wall / len(chosen), 2),
+        "per_page_cer": [round(c, 4) for c in cers],
+        "per_page_wer": [round(w, 4) for w in wers],
     }
 
 
@@ -244,6 +250,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--corpus", type=Path, default=REPO.parent / "shared" / "corpus")
     parser.add_argument("--pages", type=int, default=200, help="accuracy pages")
     parser.add_argument("--per-file", type=int, default=3, help="accuracy pages per PDF at most")
+    parser.add_argument("--skip-per-file", type=int, default=0, help="accuracy: skip each PDF's first N pages")
     parser.add_argument("--dpi", type=int, default=OcrConfig().dpi)
     parser.add_argument("--skip", nargs="*", default=[], choices=["accuracy", "coverage", "pipeline"])
     parser.add_argument("--coverage-pages", type=int, default=20, help="pages OCR'd per file at most, coverage")
@@ -254,7 +261,7 @@ def main(argv: list[str] | None = None) -> int:
     config = OcrConfig(dpi=args.dpi, page_timeout_s=120.0)
     results: dict = {"machine": machine_info(), "ocr": config.model_dump()}
     if "accuracy" not in args.skip:
-        results["accuracy"] = measure_accuracy(args.corpus, args.pages, args.per_file, config)
+        results["accuracy"] = measure_accuracy(args.corpus, args.pages, args.per_file, config, args.skip_per_file)
         print(json.dumps(results["accuracy"]), flush=True)
     if "coverage" not in args.skip:
         limits = ParseLimits(timeout_s=600.0)
