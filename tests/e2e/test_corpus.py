@@ -9,16 +9,36 @@ from pathlib import Path
 import pytest
 from sqlalchemy import text
 
+from tests.conftest import free_port_pair, stack_settings
+
 pytestmark = pytest.mark.slow
 
 # ok_little_text files (scans, image-heavy) that yield chunks: 87 of 126 from their text layer alone; with
-# OCR 98 (`python -m docpipe.bench.ocr`). The floor leaves room for pages over the test stack's short page
-# limit on a loaded machine, but needs OCR to add at least one document.
+# OCR of every page 98 (`python -m docpipe.bench.ocr`). Here only first pages are OCR'd; the floor leaves
+# room for pages over the test stack's short page limit on a loaded machine, but needs OCR to add at least one.
 LITTLE_TEXT_WITH_CHUNKS = 88
 CAUSE = re.compile(r"password|no pages|cannot open|extraction failed|page tree|corrupt|invalid|format error", re.I)
 
 
-def test_whole_corpus(stack, client, corpus_dir: Path, manifest: list[dict[str, str]]) -> None:
+@pytest.fixture(scope="module")
+def corpus_stack(tmp_path_factory: pytest.TempPathFactory, model_cache: Path):
+    """A stack like the session's that OCRs only the first page of a document: the corpus holds thousands of
+    scanned pages (hours of OCR on two cores); what this test checks is every file's outcome."""
+    from docpipe.client import Client
+    from docpipe.stack import Stack
+
+    settings = stack_settings(tmp_path_factory.mktemp("corpus-stack"), model_cache, metrics_port=free_port_pair())
+    settings = settings.model_copy(update={"ocr": settings.ocr.model_copy(update={"max_pages": 1})})
+    with (
+        Stack(settings, redis_persist=False) as running,
+        Client(running.database_url, running.redis_url, settings=running.settings) as client,
+    ):
+        yield running, client
+
+
+@pytest.mark.timeout(2400)
+def test_whole_corpus(corpus_stack, corpus_dir: Path, manifest: list[dict[str, str]]) -> None:
+    stack, client = corpus_stack
     files = [corpus_dir / row["file"] for row in manifest]
     job = client.ingest(files, collection="corpus")
     assert job.skipped == 0 and len(job.document_ids) == len(files)
