@@ -80,10 +80,7 @@ def with_headers(
         contexts.append(_truncate(SEPARATOR.join(path), tokenizer, budget - JOIN_TOKENS))
     embedded = [embedded_text(c, chunk.text) for c, chunk in zip(contexts, chunks, strict=True)]
     counts = [len(e.ids) for e in tokenizer.encode_batch(embedded, add_special_tokens=False)]
-    return [
-        replace(c, token_count=n, context=context)
-        for c, context, n in zip(chunks, contexts, counts, strict=True)
-    ]
+    return [replace(c, token_count=n, context=context) for c, context, n in zip(chunks, contexts, counts, strict=True)]
 
 
 def _truncate(text: str, tokenizer: tokenizers.Tokenizer, max_tokens: int) -> str:

@@ -58,7 +58,10 @@ def _save(
             store.fail_document(session, doc, reason)
         return ParseOutcome(doc.id, "failed", reason=reason)
     with sessions.begin() as session:
-        state = store.save_chunks(session, doc, chunks, page_count=parsed.page_count, title=parsed.title)
+        state = store.save_chunks(
+            session, doc, chunks, page_count=parsed.page_count, title=parsed.title,
+            why_no_text="; ".join(parsed.warnings),
+        )  # fmt: skip
     if state is None:
         return ParseOutcome(doc.id, "skipped", reason="claim lost to a newer attempt")
     return ParseOutcome(doc.id, state, model=doc.model, chunks=len(chunks))
@@ -173,5 +176,5 @@ def parse_part(
     chunker = chunker_of(doc, settings)
     tok = (tokenizer_for or _tokenizer_for(settings))(doc.model, chunker.max_tokens)
     chunks = chunk_document(blocks, tok, overlap_tokens=chunker.overlap_tokens, title=parsed.title)
-    parsed = ParsedDocument(blocks, parsed.page_count, parsed.title)
+    parsed = ParsedDocument(blocks, parsed.page_count, parsed.title, warnings=parsed.warnings)
     return _save(sessions, doc, chunks, parsed, max_chunks=settings.parse.max_chunks)

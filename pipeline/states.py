@@ -140,18 +140,21 @@ def holds_claim(session: Session, document_id: int, attempt: int) -> bool:
     return row is not None and row.state == DocState.PARSING and row.attempts == attempt
 
 
-def finish_parse(session: Session, document_id: int, *, chunks: int, page_count: int, title: str | None) -> DocState:
-    """parsing → embedding (chunks queued) or → ready without text.
+def finish_parse(
+    session: Session, document_id: int, *, chunks: int, page_count: int, title: str | None, why_no_text: str = ""
+) -> DocState:
+    """parsing → embedding (chunks queued) or → ready without text (`NO_TEXT_REASON`, then `why_no_text`).
 
     The caller holds the claim and locked the key first (`lock_keys`, then `holds_claim`).
     """
     state = DocState.EMBEDDING if chunks else DocState.READY
+    why = f"{NO_TEXT_REASON}: {why_no_text}"[:2000] if why_no_text else NO_TEXT_REASON
     session.execute(
         text(
             "UPDATE documents SET state = :s, page_count = :p, chunk_count = :n, lease_until = NULL, title = :t, "
             "last_error = CASE WHEN :n = 0 THEN CAST(:why AS text) END, updated_at = now() WHERE id = :d"
         ),
-        {"s": state, "p": page_count, "n": chunks, "d": document_id, "t": title, "why": NO_TEXT_REASON},
+        {"s": state, "p": page_count, "n": chunks, "d": document_id, "t": title, "why": why},
     )
     if state is DocState.READY:
         promote(session, [document_id])

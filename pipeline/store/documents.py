@@ -167,9 +167,17 @@ def still_claimed(session: Session, doc: ClaimedDocument) -> bool:
 
 
 def save_chunks(
-    session: Session, doc: ClaimedDocument, chunks: Sequence[Chunk], *, page_count: int, title: str | None = None
+    session: Session,
+    doc: ClaimedDocument,
+    chunks: Sequence[Chunk],
+    *,
+    page_count: int,
+    title: str | None = None,
+    why_no_text: str = "",
 ) -> str | None:
     """Replace the document's chunks and queue them for embedding; returns the new state.
+
+    `why_no_text`: what the parser said (e.g. OCR found nothing), kept in the reason when there are no chunks.
 
     None when the claim was lost (lease expired and another worker took over,
     or the document was deleted or replaced): nothing is written.
@@ -212,7 +220,9 @@ def save_chunks(
             ),
             {"c": doc.collection_id, "d": doc.id},
         )
-    return states.finish_parse(session, doc.id, chunks=len(chunks), page_count=page_count, title=title)
+    return states.finish_parse(
+        session, doc.id, chunks=len(chunks), page_count=page_count, title=title, why_no_text=why_no_text
+    )
 
 
 def fail_document(session: Session, doc: ClaimedDocument, reason: str) -> None:

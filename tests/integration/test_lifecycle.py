@@ -287,6 +287,16 @@ def test_zero_chunk_documents_are_problems_not_hidden_among_ready(sessions, coll
     assert [(p.id, p.problem, p.reason) for p in found] == [(doc_id, "no_text", states.NO_TEXT_REASON)]
 
 
+def test_a_zero_chunk_document_keeps_what_the_parser_said(sessions, collection) -> None:
+    doc_id, _ = store_version(sessions, collection, "blank-scan.pdf", "image only")
+    with sessions.begin() as s:
+        claim = store.claim_for_parse(s, doc_id, lease_s=60)
+    with sessions.begin() as s:
+        store.save_chunks(s, claim, [], page_count=2, why_no_text="no text found, even after OCR of 2 pages")
+        [problem] = store.problems(s, collection.name)
+    assert problem.reason == f"{states.NO_TEXT_REASON}: no text found, even after OCR of 2 pages"
+
+
 def test_reindex_switches_in_one_transaction_once_every_chunk_has_its_new_vector(sessions, collection) -> None:
     first = ingest(sessions, collection, "x.txt", "alpha x\nbeta x")
     with sessions.begin() as s:
