@@ -23,7 +23,6 @@ __all__ = [
     "insert_documents",
     "release_for_retry",
     "save_chunks",
-    "state_counts",
     "still_claimed",
 ]
 
@@ -233,11 +232,3 @@ def fail_document(session: Session, doc: ClaimedDocument, reason: str) -> None:
 def release_for_retry(session: Session, doc: ClaimedDocument, reason: str) -> None:
     """Put a document this claim holds back to `queued` after a transient error, keeping the reason."""
     states.release_claimed(session, doc.id, doc.attempts, reason)
-
-
-def state_counts(session: Session, document_ids: Sequence[int]) -> dict[str, int]:
-    rows = session.execute(
-        text("SELECT state, count(*) FROM documents WHERE id = ANY(:ids) GROUP BY state"),
-        {"ids": list(document_ids)},
-    ).all()
-    return {state: int(n) for state, n in rows}

@@ -54,7 +54,7 @@ def test_drain_embeds_every_chunk_of_many_documents_once(sessions) -> None:
     doc_ids = seed(sessions, "drain-many", docs=30, chunks_per_doc=7)
     stats = embed_pending(MODEL, sessions=sessions, embed=fake_embed, settings=settings())
     with sessions.begin() as s:
-        counts = store.state_counts(s, doc_ids)
+        counts = store.job_progress(s, doc_ids).counts
         dup = s.execute(text("SELECT count(*) - count(DISTINCT chunk_id) FROM embeddings")).scalar()
     assert stats.chunks == 30 * 7
     assert stats.batches > 1 and max(stats.batch_sizes) > 7  # batches span documents
@@ -81,7 +81,7 @@ def test_a_failing_forward_pass_propagates_and_loses_nothing(sessions) -> None:
         s.execute(text("UPDATE embedding_queue SET lease_until = now() - interval '1 s'"))
     embed_pending(MODEL, sessions=sessions, embed=fake_embed, settings=settings())
     with sessions.begin() as s:
-        assert store.state_counts(s, doc_ids) == {"ready": 5}
+        assert store.job_progress(s, doc_ids).counts == {"ready": 5}
         n = s.execute(
             text("SELECT count(*) FROM embeddings e JOIN chunks c ON c.id = e.chunk_id WHERE c.document_id = ANY(:d)"),
             {"d": doc_ids},
