@@ -332,7 +332,6 @@ class Client(LifecycleOps):
         collection = self._collection_name(collection)
         if where is not None and not isinstance(where, dict):
             raise ValueError("where must be a dict (JSON containment filter on document metadata)")
-        config = self.settings.search
         rerank_n = self.settings.rerank.candidates if rerank else 0
         depth = candidate_depth(k, config, mode=mode, group_by=group_by, rerank_candidates=rerank_n)
         fused_group = None if rerank else group_by  # a reranked list is grouped after the cross-encoder
