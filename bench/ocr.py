@@ -17,6 +17,7 @@ import argparse
 import json
 import resource
 import statistics
+import sys
 import tempfile
 import time
 import unicodedata
@@ -80,28 +81,25 @@ def manifest(corpus: Path) -> list[dict[str, str]]:
 
 
 def accuracy_pages(corpus: Path, want: int, per_file: int, skip: int = 0) -> list[tuple[Path, int, str]]:
-    """(pdf, page, reference text) for `want` text-layer pages, at most `per_file` from each file
-    after its first `skip` eligible pages (a second run can add pages a first run did not read)."""
+    """(pdf, page, reference text) for `want` text-layer pages of at least `MIN_REFERENCE_CHARS`,
+    spread over the files: every file's first eligible page, then every file's second, ... up to
+    `per_file` from each, after each file's first `skip` eligible pages."""
     silence_mupdf()
-    chosen: list[tuple[Path, int, str]] = []
+    per_pdf: list[list[tuple[Path, int, str]]] = []
     for row in manifest(corpus):
         if row["class"] != "ok_text" or "SLOW" in row.get("note", "") or not row["file"].endswith(".pdf"):
             continue
+        eligible: list[tuple[Path, int, str]] = []
         with pymupdf.open(corpus / row["file"]) as doc:
-            taken = seen = 0
             for index in range(doc.page_count):
                 reference = normalise(doc.load_page(index).get_text(sort=True))
                 if len(reference) >= MIN_REFERENCE_CHARS:
-                    seen += 1
-                    if seen <= skip:
-                        continue
-                    chosen.append((corpus / row["file"], index + 1, reference))
-                    taken += 1
-                if taken == per_file or len(chosen) == want:
+                    eligible.append((corpus / row["file"], index + 1, reference))
+                if len(eligible) == skip + per_file:
                     break
-        if len(chosen) == want:
-            break
-    return chosen
+        per_pdf.append(eligible[skip:])
+    by_rank = [pages[rank] for rank in range(per_file) for pages in per_pdf if rank < len(pages)]
+    return by_rank[:want]
 
 
 def ocr_file_pages(path: Path, pages: list[int], config: OcrConfig) -> dict[int, tuple[str, str | None]]:
@@ -131,11 +129,14 @@ def measure_accuracy(corpus: Path, want: int, per_file: int, config: OcrConfig, 
             cers.append(levenshtein(got, reference) / len(reference))
             ref_words = reference.split()
             wers.append(levenshtein(got.split(), ref_words) / max(len(ref_words), 1))
+        print(f"accuracy: {len(cers)}/{len(chosen)} pages, {time.perf_counter() - wall0:.0f} s", file=sys.stderr)
     cpu, wall = children_cpu_s() - cpu0, time.perf_counter() - wall0
     q = lambda xs, p: statistics.quantiles(xs, n=10)[p - 1] if len(xs) >= 10 else max(xs)  # noqa: E731
     return {
         "pages": len(chosen),
         "files": len(by_file),
+        "min_reference_chars": MIN_REFERENCE_CHARS,
+        "max_pages_per_file": max(len(items) for items in by_file.values()),
         "cer_median": round(statistics.median(cers), 4),
         "cer_p90": round(q(cers, 9), 4),
         "wer_median": round(statistics.median(wers), 4),
@@ -249,7 +250,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m docpipe.bench.ocr", description=__doc__.splitlines()[0])
     parser.add_argument("--corpus", type=Path, default=REPO.parent / "shared" / "corpus")
     parser.add_argument("--pages", type=int, default=200, help="accuracy pages")
-    parser.add_argument("--per-file", type=int, default=3, help="accuracy pages per PDF at most")
+    parser.add_argument("--per-file", type=int, default=20, help="accuracy pages per PDF at most (spread evenly)")
     parser.add_argument("--skip-per-file", type=int, default=0, help="accuracy: skip each PDF's first N pages")
     parser.add_argument("--dpi", type=int, default=OcrConfig().dpi)
     parser.add_argument("--skip", nargs="*", default=[], choices=["accuracy", "coverage", "pipeline"])
