@@ -85,9 +85,9 @@ def main(argv: list[str] | None = None) -> int:
         work = Path(tempfile.mkdtemp(prefix="docpipe-bench-")) if args.keep else Path(tmp)
         machine_cache = args.model_cache or work / "machine-cache"  # fresh: a first run on this machine
         settings = bench_settings(work / "stack", model_cache=machine_cache)
-        with console.status("parsing and chunking the documents"):
-            files = parse_corpus(args.docs, settings)
         wanted = None if args.all_files else manifest_class(args.docs)
+        with console.status("parsing and chunking the documents"):
+            files = parse_corpus(args.docs, settings, only=wanted)
         kept = [f for f in files if wanted is None or f.path.name in wanted]
         texts = sample_texts(kept, args.embed_chunks)
         chosen = select_documents(kept, args.ingest_tokens or None)

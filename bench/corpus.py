@@ -38,8 +38,10 @@ class ParsedFile:
         return sum(c.token_count for c in self.chunks)
 
 
-def parse_corpus(docs: Path, settings: Settings) -> list[ParsedFile]:
-    """Parse and chunk every supported file under `docs` like a parse worker does (sandboxed child)."""
+def parse_corpus(docs: Path, settings: Settings, only: set[str] | None = None) -> list[ParsedFile]:
+    """Parse and chunk every supported file under `docs` (named in `only`, when given) like a parse
+    worker does: sandboxed child, OCR per `settings.ocr` (the corpus's scans are hours of OCR here,
+    so callers that drop them pass `only`)."""
     from docpipe.chunk import chunk_document, chunk_tokenizer
     from docpipe.loading import collect_files
     from docpipe.parse import SandboxedParser
@@ -47,8 +49,10 @@ def parse_corpus(docs: Path, settings: Settings) -> list[ParsedFile]:
     tok = chunk_tokenizer(settings.embed.model, settings.model_cache_dir, settings.chunk.max_tokens)
     entries, _skipped = collect_files([docs], max_bytes=settings.parse.max_bytes)
     out: list[ParsedFile] = []
-    with SandboxedParser(settings.parse) as parser:
+    with SandboxedParser(settings.parse, ocr=settings.ocr) as parser:
         for entry in sorted(entries, key=lambda e: str(e.path)):
+            if only is not None and entry.path.name not in only:
+                continue
             item = ParsedFile(entry.path, entry.media_type, entry.size, error=entry.problem)
             out.append(item)
             if item.error:

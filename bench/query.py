@@ -316,7 +316,7 @@ def main(argv: list[str] | None = None) -> int:
     from rich.console import Console
 
     from docpipe.bench.common import machine_info
-    from docpipe.bench.corpus import default_docs, parse_corpus, sample_texts
+    from docpipe.bench.corpus import default_docs, manifest_class, parse_corpus, sample_texts
     from docpipe.bench.harness import bench_settings, running_stack
     from docpipe.bench.report import print_report
 
@@ -327,7 +327,8 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="docpipe-bench-query-") as work:
         settings = bench_settings(Path(work) / "parse")
-        texts = sample_texts(parse_corpus(args.docs or default_docs(), settings), 2000)
+        docs = args.docs or default_docs()
+        texts = sample_texts(parse_corpus(docs, settings, only=manifest_class(docs)), 2000)
         with running_stack(Path(work)) as run:
             section = measure_query(run, texts, n=args.chunks, queries=args.queries)
     print_report(Console(), [section], machine_info())
