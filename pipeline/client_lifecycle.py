@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from docpipe import states, store
+from docpipe.config import TokenChunker
 from docpipe.errors import ConfigError
 from docpipe.loading import checked_metadata, display_path
 from docpipe.sync import SyncReport, file_digest, plan_sync, scan_root
@@ -149,28 +150,63 @@ class LifecycleOps:
         with self.sessions.begin() as session:
             return store.problems(session, collection, limit=limit)
 
-    def reindex(self, collection: str | None = None, *, model: str) -> store.ReindexProgress:
-        """Embed the collection's stored chunks with `model` in the background, then switch to it atomically.
+    def reindex(
+        self,
+        collection: str | None = None,
+        *,
+        model: str | None = None,
+        rechunk: TokenChunker | dict[str, Any] | None = None,
+    ) -> store.ReindexProgress:
+        """Embed the collection with `model`, or chunk it again with `rechunk`, in the background; then switch.
 
-        Searches use the current model until every chunk has a vector from the
-        new one; then one transaction switches the collection. Nothing is parsed
-        again. `model`: a Hugging Face id or a local sentence-transformers directory.
+        `model` alone: the stored chunks are embedded with it; nothing is parsed again.
+        `rechunk`: chunker settings (a `TokenChunker`, or a dict of its fields over the
+        collection's current ones); every document is parsed again from its stored
+        bytes and embedded (with `model` when given). Either way searches answer
+        from the current chunks and model until all the new ones are embedded, then
+        one transaction switches the collection. A document whose re-parse fails
+        holds the switch and is reported (`reindex_status().rechunk.failed`,
+        `problems()`); calling `reindex` again with the same settings retries it.
+        `model`: a Hugging Face id or a local sentence-transformers directory.
         """
         from docpipe.embed.st_config import read_st_config, resolve_model_dir
 
         collection = self._collection_name(collection)
-        dim = read_st_config(resolve_model_dir(model, cache_dir=self.settings.model_cache_dir)).dim
+        if model is None and rechunk is None:
+            raise ConfigError("reindex needs a model, new chunker settings (rechunk), or both")
+        dim = read_st_config(resolve_model_dir(model, cache_dir=self.settings.model_cache_dir)).dim if model else 0
         with self.sessions.begin() as session:
             coll = self._existing_collection(session, collection)
-            model_id = store.ensure_model(session, model, dim)
-            store.start_reindex(session, coll.id, model_id)
+            model_id = store.ensure_model(session, model, dim) if model else None
+            if rechunk is None:
+                assert model_id is not None
+                store.start_reindex(session, coll.id, model_id)
+            else:
+                chunker = self._chunker(coll.chunking, rechunk).model_dump(mode="json")
+                twins = store.start_rechunk(session, coll.id, chunker, model_id)
         with self.sessions.begin() as session:  # a collection without chunks switches at once
             store.switch_finished(session, model_id)
-        self.task_queue.enqueue_embed(model)
+        if rechunk is None:
+            assert model is not None
+            self.task_queue.enqueue_embed(model)
+        elif twins:
+            self.task_queue.enqueue_parse(twins)
         return self.reindex_status(collection)
 
+    def _chunker(self, current: dict[str, Any] | None, rechunk: TokenChunker | dict[str, Any]) -> TokenChunker:
+        """`rechunk` as whole settings: a dict's fields override the collection's (or this client's) current ones."""
+        if isinstance(rechunk, TokenChunker):
+            return rechunk
+        if not isinstance(rechunk, dict):
+            raise ConfigError("rechunk must be a TokenChunker or a dict of its fields")
+        base = current if current is not None else self.settings.chunk.model_dump(mode="json")
+        try:
+            return TokenChunker.model_validate({**base, **rechunk})
+        except ValueError as err:
+            raise ConfigError(f"invalid chunker settings: {err}") from err
+
     def reindex_status(self, collection: str | None = None) -> store.ReindexProgress:
-        """The model searches use, the one being embedded (None: no reindex running) and chunks done."""
+        """The model searches use, the one being embedded (None: nothing running), chunks done, rechunk progress."""
         collection = self._collection_name(collection)
         with self.sessions.begin() as session:
             found = store.reindex_progress(session, collection)

@@ -97,7 +97,8 @@ def lock_source_keys(session: Session, collection_id: int, sources: Sequence[str
 def promote(session: Session, document_ids: Sequence[int]) -> list[int]:
     """Delete every version older than the newest `ready` one of these documents' keys; the deleted ids.
 
-    Call with the keys locked (`lock_keys`) in the transaction that made a version ready.
+    Call with the keys locked (`lock_keys`) in the transaction that made a version ready. Versions in a
+    rechunk's shadow collection stay (`store.rechunk` pairs each with the live version it re-parses).
     """
     if not document_ids:
         return []
@@ -107,6 +108,7 @@ def promote(session: Session, document_ids: Sequence[int]) -> list[int]:
                 "DELETE FROM documents o USING ("
                 "  SELECT v.collection_id, v.source, max(v.id) AS live FROM documents v "
                 "  JOIN documents d ON d.collection_id = v.collection_id AND d.source = v.source "
+                "  JOIN collections c ON c.id = v.collection_id AND c.rechunk_of IS NULL "  # a rechunk keeps each twin
                 "  WHERE d.id = ANY(:ids) AND v.state = :ready GROUP BY v.collection_id, v.source) n "
                 "WHERE o.collection_id = n.collection_id AND o.source = n.source AND o.id < n.live "
                 "RETURNING o.id"

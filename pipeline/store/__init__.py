@@ -11,6 +11,7 @@ from docpipe.store.documents import *  # noqa: F403
 from docpipe.store.embeddings import *  # noqa: F403
 from docpipe.store.lifecycle import *  # noqa: F403
 from docpipe.store.parts import *  # noqa: F403
+from docpipe.store.rechunk import *  # noqa: F403
 from docpipe.store.reindex import *  # noqa: F403
 from docpipe.store.terms import *  # noqa: F403
 

@@ -192,7 +192,7 @@ def problems(session: Session, collection: str | None, *, limit: int = 1000) -> 
 
 
 def collection_status(session: Session, collection: str | None) -> dict[str, dict[str, Any]]:
-    """Per collection: model, documents per state, `no_text` (ready without chunks), chunks, vectors, reindex."""
+    """Per collection: model, documents per state, `no_text` (ready without chunks), chunks, vectors, re-embed/chunk."""
     rows = session.execute(
         text(
             "SELECT c.name, m.name AS model, n.name AS next_model, "
@@ -204,10 +204,11 @@ def collection_status(session: Session, collection: str | None) -> dict[str, dic
             "     WHERE d.collection_id = c.id) AS chunks, "
             "  (SELECT count(*) FROM embeddings e JOIN chunks ch ON ch.id = e.chunk_id "
             "     JOIN documents d ON d.id = ch.document_id "
-            "     WHERE d.collection_id = c.id AND e.model_id = c.model_id) AS embeddings "
+            "     WHERE d.collection_id = c.id AND e.model_id = c.model_id) AS embeddings, "
+            "  (SELECT s.chunking FROM collections s WHERE s.rechunk_of = c.id) AS rechunk "
             "FROM collections c JOIN embedding_models m ON m.id = c.model_id "
             "LEFT JOIN embedding_models n ON n.id = c.next_model_id "
-            "WHERE CAST(:c AS text) IS NULL OR c.name = :c ORDER BY c.name"
+            "WHERE c.rechunk_of IS NULL AND (CAST(:c AS text) IS NULL OR c.name = :c) ORDER BY c.name"
         ),
         {"c": collection, "ready": states.DocState.READY},
     ).all()
@@ -222,6 +223,7 @@ def collection_status(session: Session, collection: str | None) -> dict[str, dic
             "chunks": r.chunks,
             "embeddings": r.embeddings,
             "reindexing_to": r.next_model,  # None unless a reindex runs (client.reindex_status: progress)
+            "rechunking_to": r.rechunk,  # chunker settings a rechunk is applying, or None
         }
     return out
 

@@ -3,7 +3,8 @@
 While `collections.next_model_id` is set, every chunk of the collection
 (ready or still in flight) is queued for both models; searches use
 `model_id`. `switch_finished` moves a collection to its next model once no
-chunk lacks a vector from it and the model's HNSW index exists.
+chunk lacks a vector from it and the model's HNSW index exists. New chunker
+settings (`--rechunk`) go through `store.rechunk` and switch at the same points.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from sqlalchemy import text
 from sqlalchemy.orm import Session
 
 from docpipe.errors import ConfigError
+from docpipe.store.rechunk import RechunkProgress, rechunk_progress, switch_rechunked
 
 __all__ = ["ReindexProgress", "drop_model_vectors", "reindex_progress", "start_reindex", "switch_finished"]
 
@@ -28,6 +30,8 @@ def start_reindex(session: Session, collection_id: int, model_id: int) -> int:
     ).one()
     if row.model_id == model_id:
         raise ConfigError("the collection already uses this model")
+    if session.execute(text("SELECT 1 FROM collections WHERE rechunk_of = :c"), {"c": collection_id}).first():
+        raise ConfigError("a rechunk is running: wait for it to switch (or rechunk with model= to change both)")
     if row.next_model_id is not None and row.next_model_id != model_id:
         session.execute(
             text(
@@ -55,30 +59,47 @@ def start_reindex(session: Session, collection_id: int, model_id: int) -> int:
 @dataclass(frozen=True)
 class ReindexProgress:
     model: str  # what searches use now
-    target: str | None  # the model being embedded, None when no reindex runs
-    embedded: int  # chunks with a vector from `target`
-    chunks: int  # chunks of the collection
+    target: str | None  # the model being embedded, None when no reindex (or rechunk) runs
+    embedded: int  # chunks with a vector from `target` (of the new chunks, during a rechunk)
+    chunks: int  # chunks of the collection (the new chunks so far, during a rechunk)
+    rechunk: RechunkProgress | None = None  # documents re-parsed, failures; None when no rechunk runs
 
 
 def reindex_progress(session: Session, collection: str) -> ReindexProgress | None:
+    """Where a reindex or rechunk of the collection stands; None for an unknown collection."""
     row = session.execute(
         text(
-            "SELECT m.name AS model, n.name AS target, "
+            "SELECT c.id, m.name AS model, n.name AS target, "
             "  (SELECT count(*) FROM chunks ch JOIN documents d ON d.id = ch.document_id "
             "     WHERE d.collection_id = c.id) AS chunks, "
             "  (SELECT count(*) FROM embeddings e JOIN chunks ch ON ch.id = e.chunk_id "
             "     JOIN documents d ON d.id = ch.document_id "
             "     WHERE d.collection_id = c.id AND e.model_id = c.next_model_id) AS embedded "
             "FROM collections c JOIN embedding_models m ON m.id = c.model_id "
-            "LEFT JOIN embedding_models n ON n.id = c.next_model_id WHERE c.name = :c"
+            "LEFT JOIN embedding_models n ON n.id = c.next_model_id WHERE c.name = :c AND c.rechunk_of IS NULL"
         ),
         {"c": collection},
     ).first()
-    return ReindexProgress(row.model, row.target, int(row.embedded), int(row.chunks)) if row else None
+    if row is None:
+        return None
+    if (rechunk := rechunk_progress(session, row.id)) is not None:
+        target = session.execute(
+            text(
+                "SELECT m.name FROM collections s JOIN embedding_models m ON m.id = s.model_id WHERE s.rechunk_of = :c"
+            ),
+            {"c": row.id},
+        ).scalar_one()
+        return ReindexProgress(row.model, target, rechunk.embedded, rechunk.chunks, rechunk)
+    return ReindexProgress(row.model, row.target, int(row.embedded), int(row.chunks))
 
 
 def switch_finished(session: Session, model_id: int | None = None) -> list[str]:
-    """Switch every collection (reindexing to `model_id`, or any) whose chunks all have their new vectors."""
+    """Switch every collection (reindexing to `model_id`, or any) whose chunks all have their new vectors,
+    and every rechunked one whose documents all have their new chunks embedded (`switch_rechunked`)."""
+    return _switch_models(session, model_id) + switch_rechunked(session)
+
+
+def _switch_models(session: Session, model_id: int | None) -> list[str]:
     return list(
         session.execute(
             text(
