@@ -117,9 +117,11 @@ class WorkerConfig(BaseModel):
     """Leases, retries and time limits shared by the workers."""
 
     lease_s: int = 300  # seconds a claimed document or chunk stays leased
-    max_attempts: int = 3  # tries before a document fails for good
-    task_soft_time_limit_s: int = 600
-    task_time_limit_s: int = 900
+    max_attempts: int = Field(default=3, ge=1)  # claims of a document before it fails for good (see retry.py)
+    retry_backoff_s: float = Field(default=2.0, gt=0)  # seconds before a task's first retry; doubles per retry
+    retry_backoff_max_s: float = Field(default=120.0, gt=0)  # seconds: the longest wait between two retries
+    task_soft_time_limit_s: int = 600  # a task is interrupted after this; claims it holds are renewed until then
+    task_time_limit_s: int = 900  # a task's process is killed after this; its claims' leases then run out
     sweep_interval_s: int = 30  # how often the sweeper re-enqueues stale work
     requeue_after_s: int = 60  # seconds a queued document waits, parse queue empty, before its message counts as lost
     parse_concurrency: int = 0  # parse processes; 0 means one per core
@@ -158,6 +160,13 @@ class Settings(BaseSettings):
                 f"worker.lease_s ({self.worker.lease_s} s) must exceed parse.timeout_s ({self.parse.timeout_s:g} s) "
                 f"+ ocr.split_pages x ocr.page_timeout_s ({self.ocr.request_allowance_s:g} s), "
                 "or a slow parse would be handed to a second worker"
+            )
+        w = self.worker
+        if not parse_s < w.task_soft_time_limit_s < w.task_time_limit_s:
+            raise ValueError(
+                f"worker.task_soft_time_limit_s ({w.task_soft_time_limit_s} s) must lie between one parse request "
+                f"({parse_s:g} s: parse.timeout_s + OCR allowance) and worker.task_time_limit_s "
+                f"({w.task_time_limit_s} s), or Celery would stop a parse before the parser's own limit says why"
             )
         return self
 

@@ -27,7 +27,7 @@ log = logging.getLogger(__name__)
 class ParseOutcome:
     document_id: int
     state: str  # new state; "split" when page ranges were handed out; "skipped" when not ours
-    model: str | None = None
+    models: list[str] = field(default_factory=list)  # models its chunks were queued for: the embedders to wake
     chunks: int = 0
     reason: str | None = None
     attempt: int = 0
@@ -64,7 +64,8 @@ def _save(
         )  # fmt: skip
     if state is None:
         return ParseOutcome(doc.id, "skipped", reason="claim lost to a newer attempt")
-    return ParseOutcome(doc.id, state, model=doc.model, chunks=len(chunks))
+    models = [m for m in (doc.model, doc.next_model) if m] if chunks else []
+    return ParseOutcome(doc.id, state, models=models, chunks=len(chunks))
 
 
 def page_ranges(page_count: int, size: int, first: int | None = None) -> list[tuple[int, int]]:

@@ -128,7 +128,8 @@ def claim_for_parse(session: Session, document_id: int, *, lease_s: int) -> Any 
             "WHERE d.id = :id AND c.id = d.collection_id AND (d.state = :queued "
             "   OR (d.state = :parsing AND d.lease_until < now())) "
             "RETURNING d.id, d.collection_id, d.source, d.media_type, d.content, d.attempts, "
-            "   c.model_id, (SELECT name FROM embedding_models WHERE id = c.model_id) AS model, c.chunking"
+            "   c.model_id, (SELECT name FROM embedding_models WHERE id = c.model_id) AS model, c.chunking, "
+            "   (SELECT name FROM embedding_models WHERE id = c.next_model_id) AS next_model"
         ),
         {"id": document_id, "lease": lease_s, "parsing": DocState.PARSING, "queued": DocState.QUEUED},
     ).first()

@@ -14,6 +14,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from docpipe import states, store
 from docpipe.config import Settings
+from docpipe.retry import RetryPolicy
 
 
 @dataclass
@@ -33,10 +34,9 @@ def find_stale_work(
     while the parse queue is empty (`parse_backlog` messages waiting): a long
     backlog is not a lost message.
     """
-    max_attempts = settings.worker.max_attempts
     out = StaleWork()
-    with sessions.begin() as session:
-        out.failed = states.fail_expired(session, max_attempts=max_attempts)
+    with sessions.begin() as session:  # the same rule and reason as a worker's last attempt (RetryPolicy)
+        out.failed = len(states.fail_exhausted(session, max_attempts=RetryPolicy.of(settings).max_attempts))
         out.parse = list(
             session.execute(
                 text(

@@ -7,13 +7,14 @@ import logging
 import os
 import time
 from collections.abc import Iterator
+from typing import Any, NoReturn
 
 from celery import shared_task
 from celery.signals import worker_init, worker_process_shutdown
 from sqlalchemy.exc import OperationalError
 
 from docpipe import drain, processing, search, store, sweeper
-from docpipe.errors import RetryableError
+from docpipe.retry import RetryPolicy
 from docpipe.workers import metrics
 from docpipe.workers.app import app
 from docpipe.workers.context import get_context
@@ -28,7 +29,7 @@ from docpipe.workers.queues import (
 )
 
 log = logging.getLogger(__name__)
-TRANSIENT = (RetryableError, OperationalError, ConnectionError)
+TRANSIENT = processing.TRANSIENT  # errors a task retries (RetryPolicy); the rest end the task
 WAKE_TTL_S = 60  # a pending-wake-up mark older than this is ignored (one more message is harmless)
 
 
@@ -36,34 +37,46 @@ def _ctx():
     return get_context(app.settings)
 
 
-@shared_task(
-    name=PARSE_TASK, autoretry_for=TRANSIENT, retry_backoff=2, retry_backoff_max=120, retry_jitter=True, max_retries=5
-)
-def parse(document_id: int) -> dict:
+def _retry(task: Any, exc: Exception) -> NoReturn:
+    """Re-send this message after the policy's backoff, or re-raise `exc` when it was re-sent often enough.
+
+    The document's attempts are counted by its claims in the database (`RetryPolicy`), not here; the
+    retry keeps the task id, which is the claim token that lets it resume its own claim.
+    """
+    policy = RetryPolicy.of(app.settings)
+    raise task.retry(exc=exc, countdown=policy.delay_s(task.request.retries), max_retries=policy.message_retries)
+
+
+@shared_task(bind=True, name=PARSE_TASK)
+def parse(self: Any, document_id: int) -> dict:
     """Parse and chunk one document; wake the embedder for its model."""
     ctx = _ctx()
-    with metrics.PARSE_SECONDS.time():
-        out = processing.parse_document(document_id, sessions=ctx.sessions, parser=ctx.parser, settings=ctx.settings)
+    try:
+        with metrics.PARSE_SECONDS.time():
+            out = processing.parse_document(
+                document_id, sessions=ctx.sessions, parser=ctx.parser, settings=ctx.settings, token=self.request.id
+            )
+    except TRANSIENT as exc:
+        _retry(self, exc)
     for part in out.parts:  # a long PDF: its other page ranges go to any free parse process
         parse_part.delay(document_id, part, out.attempt)
     return _next_step(out)
 
 
-@shared_task(
-    name=PARSE_PART_TASK,
-    autoretry_for=TRANSIENT,
-    retry_backoff=2,
-    retry_backoff_max=120,
-    retry_jitter=True,
-    max_retries=5,
-)
-def parse_part(document_id: int, part: int, attempt: int) -> dict:
+@shared_task(bind=True, name=PARSE_PART_TASK)
+def parse_part(self: Any, document_id: int, part: int, attempt: int) -> dict:
     """Parse one page range of a split PDF; the last range to finish chunks the document."""
     ctx = _ctx()
-    with metrics.PARSE_SECONDS.time():
-        out = processing.parse_part(
-            document_id, part, attempt, sessions=ctx.sessions, parser=ctx.parser, settings=ctx.settings
-        )
+    try:
+        with metrics.PARSE_SECONDS.time():
+            out = processing.parse_part(
+                document_id, part, attempt, sessions=ctx.sessions, parser=ctx.parser, settings=ctx.settings,
+                token=self.request.id,
+            )  # fmt: skip
+    except TRANSIENT as exc:
+        _retry(self, exc)
+    for new in out.parts:  # the rest of a range its OCR budget stopped short
+        parse_part.delay(document_id, new, out.attempt)
     return _next_step(out)
 
 
@@ -80,23 +93,28 @@ def _next_step(out: processing.ParseOutcome) -> dict:
     }
 
 
-@shared_task(
-    name=EMBED_TASK, autoretry_for=TRANSIENT, retry_backoff=2, retry_backoff_max=120, retry_jitter=True, max_retries=10
-)
-def embed(model: str) -> dict:
-    """Drain the embed queue of `model` across all documents (one drain per process at a time)."""
+@shared_task(bind=True, name=EMBED_TASK)
+def embed(self: Any, model: str) -> dict:
+    """Drain the embed queue of `model` across all documents (one drain per process at a time).
+
+    Retried like a parse (`RetryPolicy`); chunks a drain left claimed go back after their lease,
+    and the sweeper wakes a model with claimable chunks, so an exhausted message loses nothing.
+    """
     ctx = _ctx()
     _clear_wake_mark(model)  # before draining: chunks committed from now on are seen by this drain
-    embedder = ctx.embedder(model)
-    runs = ctx.drain_gate(model).run(
-        lambda: drain.embed_pending(
-            model,
-            sessions=ctx.sessions,
-            embed=embedder.embed,
-            settings=ctx.settings,
-            micro_batch_tokens=embedder.micro_batch_tokens,
+    try:
+        embedder = ctx.embedder(model)
+        runs = ctx.drain_gate(model).run(
+            lambda: drain.embed_pending(
+                model,
+                sessions=ctx.sessions,
+                embed=embedder.embed,
+                settings=ctx.settings,
+                micro_batch_tokens=embedder.micro_batch_tokens,
+            )
         )
-    )
+    except TRANSIENT as exc:
+        _retry(self, exc)
     if not runs:
         return {"handed_over": "a drain already running in this worker will pick these chunks up"}
     stats = drain.EmbedStats.total(runs)

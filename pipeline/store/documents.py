@@ -147,6 +147,7 @@ class ClaimedDocument:
     model_id: int
     model: str
     chunking: dict | None = None  # the collection's recorded chunker settings
+    next_model: str | None = None  # the model a reindex is moving the collection to (its chunks are queued for both)
 
 
 def claim_for_parse(session: Session, document_id: int, *, lease_s: int) -> ClaimedDocument | None:
@@ -156,7 +157,7 @@ def claim_for_parse(session: Session, document_id: int, *, lease_s: int) -> Clai
         return None
     return ClaimedDocument(
         row.id, row.collection_id, row.source, row.media_type, bytes(row.content), row.attempts, row.model_id,
-        row.model, row.chunking,
+        row.model, row.chunking, row.next_model,
     )  # fmt: skip
 
 

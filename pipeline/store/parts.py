@@ -76,7 +76,7 @@ def load_claim(session: Session, document_id: int, attempt: int, *, with_content
         text(
             "SELECT d.id, d.collection_id, d.source, d.media_type, "
             "  CASE WHEN :content THEN d.content ELSE ''::bytea END AS content, d.attempts, c.model_id, m.name, "
-            "  c.chunking "
+            "  c.chunking, (SELECT name FROM embedding_models WHERE id = c.next_model_id) AS next_model "
             "FROM documents d JOIN collections c ON c.id = d.collection_id "
             "JOIN embedding_models m ON m.id = c.model_id "
             "WHERE d.id = :d AND d.state = 'parsing' AND d.attempts = :a"
@@ -87,7 +87,7 @@ def load_claim(session: Session, document_id: int, attempt: int, *, with_content
         return None
     return ClaimedDocument(
         row.id, row.collection_id, row.source, row.media_type, bytes(row.content), row.attempts, row.model_id,
-        row.name, row.chunking,
+        row.name, row.chunking, row.next_model,
     )  # fmt: skip
 
 
