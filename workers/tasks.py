@@ -82,8 +82,9 @@ def parse_part(self: Any, document_id: int, part: int, attempt: int) -> dict:
 
 def _next_step(out: processing.ParseOutcome) -> dict:
     metrics.DOCUMENTS.labels(outcome=out.state).inc()
-    if out.state == "embedding" and out.model:
-        wake_embedder(out.model)
+    if out.state == "embedding":  # the collection's model and the one a reindex is moving it to
+        for model in out.models:
+            wake_embedder(model)
     return {
         "document_id": out.document_id,
         "state": out.state,
