@@ -11,16 +11,22 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+import psycopg
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
-from docpipe import store
+from docpipe import states, store
 from docpipe.chunk import ChunkTokenizer, chunk_document, chunk_tokenizer
 from docpipe.config import Settings, TokenChunker
 from docpipe.errors import PermanentError, RetryableError
+from docpipe.lease import LeaseKeeper
 from docpipe.parse import IMAGES, PDF, SandboxedParser, normalize_media_type, with_page_range
+from docpipe.retry import RetryPolicy
 from docpipe.types import ParsedDocument
 
 log = logging.getLogger(__name__)
+DATABASE_LOST = (OperationalError, psycopg.OperationalError)  # psycopg's own: a COPY on the raw connection
+TRANSIENT = (RetryableError, *DATABASE_LOST, ConnectionError)  # retried (until the attempts run out)
 
 
 @dataclass
@@ -89,6 +95,7 @@ def parse_document(
     parser: SandboxedParser,
     settings: Settings,
     tokenizer_for: Callable[[str, int], ChunkTokenizer] | None = None,
+    token: str | None = None,
 ) -> ParseOutcome:
     """Claim, parse (sandboxed), chunk and store one document.
 
@@ -96,14 +103,35 @@ def parse_document(
     `ocr.split_pages`) is split: this call parses the first
     range and returns the other parts for separate tasks (see `parse_part`).
     Permanent errors fail the document with their message as the reason;
-    retryable ones put it back to `queued` and propagate, until the attempt
-    limit fails it for good.
+    transient ones (`TRANSIENT`) put it back to `queued` and propagate, until
+    the attempt limit (`RetryPolicy`) fails it for good. `token` names the
+    claim (the task id): a retry under the same token resumes the claim even
+    when the error left it `parsing` (e.g. the database went away mid-save).
     """
     tokenizer_for = tokenizer_for or _tokenizer_for(settings)
+    policy, lease_s = RetryPolicy.of(settings), settings.worker.lease_s
     with sessions.begin() as session:
-        doc = store.claim_for_parse(session, document_id, lease_s=settings.worker.lease_s)
-    if doc is None:
-        return ParseOutcome(document_id, "skipped")
+        doc = store.claim_for_parse(
+            session, document_id, lease_s=lease_s, token=token, max_attempts=policy.max_attempts
+        )
+        if doc is None:
+            if gave_up := states.fail_exhausted(
+                session, max_attempts=policy.max_attempts, document_id=document_id, token=token
+            ):
+                return ParseOutcome(document_id, "failed", reason=gave_up[document_id])
+            return ParseOutcome(document_id, "skipped")
+    with LeaseKeeper(sessions, doc.id, doc.attempts, lease_s=lease_s):
+        return _parse_claimed(doc, sessions=sessions, parser=parser, settings=settings, tokenizer_for=tokenizer_for)
+
+
+def _parse_claimed(
+    doc: store.ClaimedDocument,
+    *,
+    sessions: sessionmaker[Session],
+    parser: SandboxedParser,
+    settings: Settings,
+    tokenizer_for: Callable[[str, int], ChunkTokenizer],
+) -> ParseOutcome:
     split = settings.parse.split_pages
     kind = normalize_media_type(doc.media_type)
     ocr_on = settings.ocr.mode != "off"
@@ -126,18 +154,46 @@ def parse_document(
         chunker = chunker_of(doc, settings)
         tok = tokenizer_for(doc.model, chunker.max_tokens)
         chunks = chunk_document(parsed.blocks, tok, overlap_tokens=chunker.overlap_tokens, title=parsed.title)
+        return _save(sessions, doc, chunks, parsed, max_chunks=settings.parse.max_chunks)
     except PermanentError as err:
         with sessions.begin() as session:
             store.fail_document(session, doc, str(err))
         return ParseOutcome(doc.id, "failed", reason=str(err))
-    except RetryableError as err:
+    except TRANSIENT as err:
+        return _after_transient(sessions, doc, err, RetryPolicy.of(settings))
+
+
+def _after_transient(
+    sessions: sessionmaker[Session],
+    doc: store.ClaimedDocument,
+    err: Exception,
+    policy: RetryPolicy,
+    *,
+    release: bool = True,
+) -> ParseOutcome:
+    """Fail the document when this was its last attempt; else put it back to `queued` and re-raise `err`.
+
+    With `release` False (a split document's join: its parts would go) the document stays `parsing`
+    for the task's retry to resume. When the database refuses the write, the document also stays
+    `parsing` under this claim: the task's retry resumes it (same token), or the sweeper once the
+    lease runs out.
+    """
+    reason = (
+        f"{type(err).__name__}: {getattr(err, 'orig', None) or err}"
+        if not isinstance(err, RetryableError)
+        else str(err)
+    )
+    try:
         with sessions.begin() as session:
-            if doc.attempts >= settings.worker.max_attempts:
-                store.fail_document(session, doc, f"{err} (after {doc.attempts} attempts)")
-                return ParseOutcome(doc.id, "failed", reason=str(err))
-            store.release_for_retry(session, doc, str(err))
-        raise
-    return _save(sessions, doc, chunks, parsed, max_chunks=settings.parse.max_chunks)
+            if policy.exhausted(doc.attempts):
+                reason = policy.gave_up(doc.attempts, reason)
+                store.fail_document(session, doc, reason)
+                return ParseOutcome(doc.id, "failed", reason=reason)
+            if release:
+                store.release_for_retry(session, doc, reason)
+    except DATABASE_LOST as also:
+        log.warning("document %d: could not record %r: %s", doc.id, reason[:200], also)
+    raise err
 
 
 def parse_part(
@@ -149,16 +205,26 @@ def parse_part(
     parser: SandboxedParser,
     settings: Settings,
     tokenizer_for: Callable[[str, int], ChunkTokenizer] | None = None,
+    token: str | None = None,
 ) -> ParseOutcome:
     """Parse one page range of a split PDF; the last part to finish chunks the whole document.
 
     Chunking sees every page at once, so chunks (and their overlap) are the
     same as if one task had parsed the document. A retryable error propagates
     for the task to retry; the document's lease (renewed by every finished
-    part) lets the sweeper start over if a part is lost for good.
+    part) lets the sweeper start over if a part is lost for good. The part
+    that finishes last holds the claim under `token` while it chunks: its
+    retry takes the claim back (a new attempt) and parses its range again
+    for the title and warnings, then chunks.
     """
+    policy, lease_s = RetryPolicy.of(settings), settings.worker.lease_s
     with sessions.begin() as session:
         work = store.part_to_parse(session, document_id, part, attempt)
+        resumed = work is None and token is not None
+        if resumed:
+            work = _resume_join(session, document_id, part, attempt, token, lease_s, policy)
+            if isinstance(work, ParseOutcome):
+                return work
     if work is None:
         return ParseOutcome(document_id, "skipped")
     doc = work.claim
@@ -170,12 +236,37 @@ def parse_part(
         return ParseOutcome(doc.id, "failed", reason=str(err))
     with sessions.begin() as session:
         last = store.finish_part(session, doc, part, parsed.blocks, lease_s=settings.worker.lease_s)
+        if last:
+            states.hand_claim(session, doc.id, doc.attempts, token)
     if not last:
         return ParseOutcome(doc.id, "parsing")
-    with sessions.begin() as session:
-        blocks = store.part_blocks(session, doc.id)
-    chunker = chunker_of(doc, settings)
-    tok = (tokenizer_for or _tokenizer_for(settings))(doc.model, chunker.max_tokens)
-    chunks = chunk_document(blocks, tok, overlap_tokens=chunker.overlap_tokens, title=parsed.title)
-    parsed = ParsedDocument(blocks, parsed.page_count, parsed.title, warnings=parsed.warnings)
-    return _save(sessions, doc, chunks, parsed, max_chunks=settings.parse.max_chunks)
+    with LeaseKeeper(sessions, doc.id, doc.attempts, lease_s=lease_s):
+        try:
+            with sessions.begin() as session:
+                blocks = store.part_blocks(session, doc.id)
+            chunker = chunker_of(doc, settings)
+            tok = (tokenizer_for or _tokenizer_for(settings))(doc.model, chunker.max_tokens)
+            chunks = chunk_document(blocks, tok, overlap_tokens=chunker.overlap_tokens, title=parsed.title)
+            parsed = ParsedDocument(blocks, parsed.page_count, parsed.title, warnings=parsed.warnings)
+            return _save(sessions, doc, chunks, parsed, max_chunks=settings.parse.max_chunks)
+        except TRANSIENT as err:
+            if token is None:  # nobody can resume: leave the document to the sweeper (lease)
+                raise
+            return _after_transient(sessions, doc, err, policy, release=False)
+
+
+def _resume_join(
+    session: Session, document_id: int, part: int, attempt: int, token: str, lease_s: int, policy: RetryPolicy
+) -> store.PartToParse | ParseOutcome | None:
+    """The part's range again under a new attempt, when this task (`token`) was joining the document."""
+    row = states.resume_join(
+        session, document_id, part, attempt, token=token, lease_s=lease_s, max_attempts=policy.max_attempts
+    )
+    if row is None:
+        if gave_up := states.fail_exhausted(
+            session, max_attempts=policy.max_attempts, document_id=document_id, token=token
+        ):
+            return ParseOutcome(document_id, "failed", reason=gave_up[document_id])
+        return None
+    claim = store.load_claim(session, document_id, row.attempts, with_content=True)
+    return store.PartToParse(claim, row.page_start, row.page_end) if claim else None

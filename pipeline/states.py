@@ -26,6 +26,8 @@ from typing import Any
 from sqlalchemy import text
 from sqlalchemy.orm import Session
 
+from docpipe.retry import RetryPolicy
+
 __all__ = [
     "ACTIVE",
     "FINAL",
@@ -34,8 +36,9 @@ __all__ = [
     "claim_for_parse",
     "embedded_to_ready",
     "fail_claimed",
-    "fail_expired",
+    "fail_exhausted",
     "finish_parse",
+    "hand_claim",
     "holds_claim",
     "initial_state",
     "lock_keys",
@@ -43,7 +46,9 @@ __all__ = [
     "mark_ready",
     "promote",
     "release_claimed",
+    "renew_claim",
     "requeue_failed",
+    "resume_join",
 ]
 
 
@@ -51,7 +56,7 @@ class DocState(StrEnum):
     """A document version's place in the pipeline."""
 
     QUEUED = "queued"  # stored, waiting for a parse worker
-    PARSING = "parsing"  # claimed by a parse worker under a lease (`attempts` is the fencing token)
+    PARSING = "parsing"  # claimed under a lease (`attempts` is the fencing token, `claimed_by` the task's)
     EMBEDDING = "embedding"  # chunks stored, vectors pending in `embedding_queue`
     READY = "ready"  # live: searchable (or no searchable text, see `NO_TEXT_REASON`)
     FAILED = "failed"  # gave up, with a reason the user sees in `last_error`
@@ -118,21 +123,86 @@ def promote(session: Session, document_ids: Sequence[int]) -> list[int]:
     )
 
 
-def claim_for_parse(session: Session, document_id: int, *, lease_s: int) -> Any | None:
-    """queued (or parsing with an expired lease) → parsing, attempts + 1; the row, or None when not ours."""
+def claim_for_parse(
+    session: Session, document_id: int, *, lease_s: int, token: str | None = None, max_attempts: int | None = None
+) -> Any | None:
+    """queued, or parsing with an expired lease or under this `token` → parsing, attempts + 1; None when not ours.
+
+    `token` names the claimer (a task id, the same for every retry of one message): a retry takes its
+    own claim back at once, as a new attempt (older writes under the previous attempt are fenced
+    out). No claim once `attempts` reached `max_attempts` (see `fail_exhausted`).
+    """
     return session.execute(
         text(
-            "UPDATE documents d SET state = :parsing, attempts = attempts + 1, "
+            "UPDATE documents d SET state = :parsing, attempts = attempts + 1, claimed_by = :token, "
             "lease_until = now() + make_interval(secs => :lease), updated_at = now() "
             "FROM collections c "
             "WHERE d.id = :id AND c.id = d.collection_id AND (d.state = :queued "
-            "   OR (d.state = :parsing AND d.lease_until < now())) "
+            "   OR (d.state = :parsing AND (d.lease_until < now() OR d.claimed_by = :token))) "
+            "AND (CAST(:max AS int) IS NULL OR d.attempts < :max) "
             "RETURNING d.id, d.collection_id, d.source, d.media_type, d.content, d.attempts, "
             "   c.model_id, (SELECT name FROM embedding_models WHERE id = c.model_id) AS model, c.chunking, "
             "   (SELECT name FROM embedding_models WHERE id = c.next_model_id) AS next_model"
         ),
-        {"id": document_id, "lease": lease_s, "parsing": DocState.PARSING, "queued": DocState.QUEUED},
+        {
+            "id": document_id,
+            "lease": lease_s,
+            "token": token,
+            "max": max_attempts,
+            "parsing": DocState.PARSING,
+            "queued": DocState.QUEUED,
+        },
     ).first()
+
+
+def renew_claim(session: Session, document_id: int, attempt: int, *, lease_s: int) -> bool:
+    """Extend the lease of claim `attempt` to `lease_s` seconds from now; False once the claim is gone."""
+    result = session.execute(
+        text(
+            "UPDATE documents SET lease_until = now() + make_interval(secs => :l) "
+            "WHERE id = :d AND state = :parsing AND attempts = :a"
+        ),
+        {"d": document_id, "a": attempt, "l": lease_s, "parsing": DocState.PARSING},
+    )
+    return bool(result.rowcount)
+
+
+def resume_join(
+    session: Session, document_id: int, part: int, attempt: int, *, token: str, lease_s: int, max_attempts: int
+) -> Any | None:
+    """Take back a split document whose parts are all parsed, as a new attempt, for the part task `token`.
+
+    For the retry of the part task that parsed the last part and then failed before the chunks were
+    saved. The row (attempts, page_start, page_end of `part`), or None when that is not the situation
+    (or no attempts are left: then `fail_exhausted` fails it).
+    """
+    return session.execute(
+        text(
+            "UPDATE documents d SET attempts = attempts + 1, lease_until = now() + make_interval(secs => :l), "
+            "updated_at = now() FROM document_parts p "
+            "WHERE d.id = :d AND d.state = :parsing AND d.attempts = :a AND d.claimed_by = :t AND d.attempts < :max "
+            "AND p.document_id = d.id AND p.part = :p AND p.attempt = :a AND p.blocks IS NOT NULL "
+            "AND NOT EXISTS (SELECT 1 FROM document_parts m WHERE m.document_id = d.id AND m.blocks IS NULL) "
+            "RETURNING d.attempts, p.page_start, p.page_end"
+        ),
+        {
+            "d": document_id,
+            "p": part,
+            "a": attempt,
+            "t": token,
+            "l": lease_s,
+            "max": max_attempts,
+            "parsing": DocState.PARSING,
+        },
+    ).first()
+
+
+def hand_claim(session: Session, document_id: int, attempt: int, token: str | None) -> None:
+    """Name `token` as the holder of claim `attempt` (the part task that joins a split document)."""
+    session.execute(
+        text("UPDATE documents SET claimed_by = :t WHERE id = :d AND state = :parsing AND attempts = :a"),
+        {"d": document_id, "a": attempt, "t": token, "parsing": DocState.PARSING},
+    )
 
 
 def holds_claim(session: Session, document_id: int, attempt: int) -> bool:
@@ -216,26 +286,55 @@ def embedded_to_ready(session: Session, *, limit: int = 10_000) -> int:
     return mark_ready(session, list(ids))
 
 
-def fail_expired(session: Session, *, max_attempts: int) -> int:
-    """parsing (lease expired, attempts used up) → failed; how many."""
-    result = session.execute(
+def fail_exhausted(
+    session: Session,
+    *,
+    max_attempts: int,
+    document_id: int | None = None,
+    token: str | None = None,
+    limit: int = 10_000,
+) -> dict[int, str]:
+    """Claimable documents that used up their attempts → failed (`RetryPolicy.gave_up`); id → reason.
+
+    Claimable: queued, parsing with an expired lease, or parsing under `token` (a retry that would
+    resume its own claim). Without `document_id`: every such document (the sweeper's pass).
+    """
+    rows = session.execute(
         text(
-            "UPDATE documents SET state = :failed, lease_until = NULL, updated_at = now(), "
-            "last_error = coalesce(last_error || '; ', '') || "
-            "  format('gave up after %s attempts (worker died or timed out while parsing)', attempts) "
-            "WHERE state = :parsing AND lease_until < now() AND attempts >= :max"
+            "SELECT id, attempts, last_error, state = :parsing AND lease_until < now() AS expired FROM documents "
+            "WHERE attempts >= :max AND (CAST(:id AS bigint) IS NULL OR id = :id) AND (state = :queued "
+            "  OR (state = :parsing AND (lease_until < now() OR claimed_by = :token))) "
+            "ORDER BY id LIMIT :limit FOR UPDATE SKIP LOCKED"
         ),
-        {"max": max_attempts, "failed": DocState.FAILED, "parsing": DocState.PARSING},
-    )
-    return int(result.rowcount or 0)
+        {
+            "max": max_attempts,
+            "id": document_id,
+            "token": token,
+            "limit": limit,
+            "parsing": DocState.PARSING,
+            "queued": DocState.QUEUED,
+        },
+    ).all()
+    reasons = {r.id: RetryPolicy.gave_up(r.attempts, r.last_error, lease_expired=r.expired)[:2000] for r in rows}
+    if reasons:
+        session.execute(
+            text(
+                "UPDATE documents d SET state = :failed, last_error = r.reason, lease_until = NULL, "
+                "updated_at = now() FROM unnest(CAST(:ids AS bigint[]), CAST(:reasons AS text[])) AS r(id, reason) "
+                "WHERE d.id = r.id"
+            ),
+            {"ids": list(reasons), "reasons": list(reasons.values()), "failed": DocState.FAILED},
+        )
+        session.execute(text("DELETE FROM document_parts WHERE document_id = ANY(:ids)"), {"ids": list(reasons)})
+    return reasons
 
 
 def requeue_failed(session: Session, *, collection: str | None, ids: Sequence[int] | None) -> list[int]:
-    """failed → queued with a fresh attempt count (documents refused at ingest keep no bytes: they stay)."""
+    """failed → queued, fresh attempt count, no reason (documents refused at ingest keep no bytes: they stay)."""
     return list(
         session.execute(
             text(
-                "UPDATE documents d SET state = :queued, attempts = 0, lease_until = NULL, "
+                "UPDATE documents d SET state = :queued, attempts = 0, lease_until = NULL, last_error = NULL, "
                 "updated_at = now() FROM collections c WHERE c.id = d.collection_id "
                 "AND d.state = :failed AND octet_length(d.content) > 0 "
                 "AND (CAST(:c AS text) IS NULL OR c.name = :c) "

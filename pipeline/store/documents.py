@@ -150,9 +150,11 @@ class ClaimedDocument:
     next_model: str | None = None  # the model a reindex is moving the collection to (its chunks are queued for both)
 
 
-def claim_for_parse(session: Session, document_id: int, *, lease_s: int) -> ClaimedDocument | None:
-    """Move a queued (or lease-expired parsing) document to `parsing`; None when not ours to parse."""
-    row = states.claim_for_parse(session, document_id, lease_s=lease_s)
+def claim_for_parse(
+    session: Session, document_id: int, *, lease_s: int, token: str | None = None, max_attempts: int | None = None
+) -> ClaimedDocument | None:
+    """Move a queued (or lease-expired, or `token`'s own) document to `parsing`; None when not ours to parse."""
+    row = states.claim_for_parse(session, document_id, lease_s=lease_s, token=token, max_attempts=max_attempts)
     if row is None:
         return None
     return ClaimedDocument(
