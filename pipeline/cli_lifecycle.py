@@ -153,30 +153,72 @@ def problems(collection: CollectionOpt = None, as_json: JsonOpt = False, data_di
     Console().print(table)
 
 
+def _progress_line(now: Any) -> str:
+    """One line of reindex progress: documents re-parsed (during a rechunk) and chunks embedded."""
+    line = f"{now.embedded}/{now.chunks} chunks embedded with {escape(now.target or now.model)}"
+    if now.rechunk is not None:
+        line = f"{now.rechunk.done}/{now.rechunk.documents} documents re-chunked, " + line
+        if now.rechunk.failed:
+            line += f", {len(now.rechunk.failed)} failed"
+    return line
+
+
 def reindex(
-    model: Annotated[str, typer.Option("--model", "-m", help="Hugging Face id or local model directory.")],
+    model: Annotated[
+        str | None, typer.Option("--model", "-m", help="Hugging Face id or local model directory.")
+    ] = None,
     collection: CollectionOpt = None,
+    rechunk: Annotated[
+        bool, typer.Option("--rechunk", help="Parse every document again from its stored bytes with new settings.")
+    ] = False,
+    max_tokens: Annotated[
+        int | None, typer.Option("--chunk-max-tokens", help="With --rechunk: tokens per chunk.")
+    ] = None,
+    overlap: Annotated[
+        int | None, typer.Option("--chunk-overlap", help="With --rechunk: tokens repeated from the previous chunk.")
+    ] = None,
     wait: Annotated[bool, typer.Option("--wait", help="Follow progress until the collection switches.")] = False,
     drop_old: Annotated[bool, typer.Option("--drop-old", help="With --wait: then delete the old vectors.")] = False,
     timeout_s: Annotated[float | None, typer.Option("--timeout", help="Seconds --wait gives up after.")] = None,
     data_dir: DataDir = None,
 ) -> None:
-    """Embed a collection's stored chunks with another model; searches switch to it once every chunk has one."""
+    """Embed a collection with another model (-m), or chunk it again (--rechunk); searches switch once all is done.
+
+    Until the switch, searches answer from the current chunks and model. With --rechunk,
+    settings not given keep the collection's current values; a document whose re-parse
+    fails holds the switch (see `docpipe problems`); running the same command again retries it.
+    """
     try:
+        settings = {k: v for k, v in {"max_tokens": max_tokens, "overlap_tokens": overlap}.items() if v is not None}
+        if settings and not rechunk:
+            raise ConfigError("--chunk-max-tokens and --chunk-overlap go with --rechunk")
+        if model is None and not rechunk:
+            raise ConfigError("give --model, --rechunk, or both")
         with _client(data_dir) as client:
             before = client.reindex_status(collection).model
-            now = client.reindex(collection, model=model)
-            console.print(f"reindexing from {escape(before)} to {escape(model)}: {now.embedded}/{now.chunks} chunks")
+            now = client.reindex(collection, model=model, rechunk=settings if rechunk else None)
+            if now.rechunk is not None:
+                console.print(f"rechunking with {json.dumps(now.rechunk.chunking)}: {_progress_line(now)}")
+            elif now.target is not None:
+                console.print(f"reindexing from {escape(before)} to {escape(now.target)}: {_progress_line(now)}")
             if not wait:
                 return
             started = time.monotonic()
             while now.target is not None:
+                if (
+                    now.rechunk is not None
+                    and now.rechunk.failed
+                    and now.rechunk.done + len(now.rechunk.failed) >= (now.rechunk.documents)
+                ):
+                    for key, reason in now.rechunk.failed:
+                        console.print(f"[red]re-parse failed[/red] {escape(key)}: {escape(reason)}")
+                    raise ConfigError("not switched: the documents above failed to re-parse (the old chunks stay)")
                 if timeout_s is not None and time.monotonic() - started > timeout_s:
-                    raise ConfigError(f"not switched after {timeout_s:.0f} s: {now.embedded}/{now.chunks} chunks")
+                    raise ConfigError(f"not switched after {timeout_s:.0f} s: {_progress_line(now)}")
                 time.sleep(1.0)
                 now = client.reindex_status(collection)
-                console.print(f"{now.embedded}/{now.chunks} chunks embedded with {escape(model)}")
-            console.print(f"switched to {escape(now.model)} after {time.monotonic() - started:.1f} s")
+                console.print(_progress_line(now))
+            console.print(f"switched ({escape(now.model)}) after {time.monotonic() - started:.1f} s")
             if drop_old and now.model != before:
                 console.print(
                     f"{client.drop_vectors(before, collection=collection)} vectors of {escape(before)} dropped"

@@ -202,6 +202,65 @@ def test_reindex_to_a_second_model_answers_from_the_old_model_until_the_switch(
     assert answer() == after
 
 
+def test_rechunk_parses_stored_bytes_again_and_switches_once(stack, client) -> None:
+    """CLI `reindex --rechunk`: smaller chunks from the stored bytes; every search meanwhile answers from one
+    generation of chunks (the old until the switch, then the new), never nothing."""
+    import threading
+
+    from tests.e2e.test_pipeline import run_cli
+
+    coll = COLLECTION + "-rechunk"
+    topics = ["apple harvest", "bridge cables", "canal locks", "elevator firmware"]
+    docs = [
+        (f"k-{i}", " ".join(f"Paragraph {n} on the {t}: the {t} were measured, logged and reviewed." for n in range(12))
+         .encode(), "text/plain")
+        for i, t in enumerate(topics)
+    ]  # fmt: skip
+    job = client.ingest_bytes(docs, collection=coll)
+    assert job.wait(timeout_s=300) == {"ready": len(docs)}
+
+    def chunk_ids() -> dict[int, int]:
+        with client.sessions.begin() as s:
+            rows = s.execute(
+                text("SELECT chunk_id, document_id FROM docpipe_chunks WHERE collection = :c"), {"c": coll}
+            )
+            return dict(rows.all())
+
+    old = chunk_ids()
+    answers: list[set[int]] = []
+    stop = threading.Event()
+
+    def poll() -> None:
+        while not stop.is_set():
+            for mode in ("text", "vector"):
+                answers.append({h.chunk_id for h in client.search("canal locks measured", collection=coll, mode=mode)})
+            time.sleep(0.05)
+
+    poller = threading.Thread(target=poll, daemon=True)
+    poller.start()
+    out = run_cli(
+        stack, "reindex", "--collection", coll, "--rechunk", "--chunk-max-tokens", "32", "--chunk-overlap", "0",
+        "--wait", "--timeout", "300",
+    )  # fmt: skip
+    time.sleep(0.3)  # a few searches after the switch
+    stop.set()
+    poller.join(30)
+    new = chunk_ids()
+    assert "switched" in out.stderr, out.stderr
+    assert sorted(set(new.values())) == sorted(job.document_ids)  # the same documents, chunked again
+    assert len(new) >= 3 * len(old) and not set(new) & set(old)
+    assert client.status(coll)[coll]["chunks"] == len(new)
+    with client.sessions.begin() as s:
+        chunking = s.execute(text("SELECT chunking FROM collections WHERE name = :c"), {"c": coll}).scalar_one()
+        assert (chunking["max_tokens"], chunking["overlap_tokens"]) == (32, 0)
+        assert s.execute(text("SELECT max(token_count) FROM docpipe_chunks d JOIN chunks ch ON ch.id = d.chunk_id "
+                              "WHERE d.collection = :c"), {"c": coll}).scalar_one() <= 32  # fmt: skip
+    assert answers and all(a for a in answers), "a search returned nothing"
+    assert all(a <= set(old) or a <= set(new) for a in answers), "a search mixed old and new chunks"
+    assert any(a <= set(new) for a in answers[-2:])
+    print(f"\nrechunk of {len(docs)} documents: {len(old)} -> {len(new)} chunks, {len(answers)} searches meanwhile")
+
+
 def test_readme_lifecycle_sql_runs(client) -> None:
     readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
     section = readme[readme.index("## Lifecycle") : readme.index("\n## ", readme.index("## Lifecycle") + 1)]
