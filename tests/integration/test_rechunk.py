@@ -298,3 +298,21 @@ def test_rechunk_with_a_new_model_switches_both_and_refuses_a_second_reindex(ses
     assert searchable(sessions, collection, dim=4) == chunk_sets(collection, bodies, NEW)
     with sessions.begin() as s, pytest.raises(ConfigError, match="already chunked"):
         store.start_rechunk(s, collection.id, NEW, None)
+
+
+def test_a_parse_during_a_reindex_names_both_models_to_wake(sessions, minilm_dir, tmp_path) -> None:
+    """The parse task wakes the embedder of every model it queued chunks for (`ParseOutcome.models`)."""
+    from docpipe import processing
+    from docpipe.config import ParseLimits, Settings
+    from docpipe.parse import SandboxedParser
+
+    model = str(minilm_dir)
+    with sessions.begin() as s:
+        coll = store.ensure_collection(s, f"rechunk-wake{next(_names)}", model=model, dim=384)
+        target = store.ensure_model(s, f"test/rechunk-wake-4d-{coll.name}", 4)
+    doc_id = store_version(sessions, coll, "w.txt", "Notes on the lighthouse lamp and its lenses.")
+    with sessions.begin() as s:
+        store.start_reindex(s, coll.id, target)
+    with SandboxedParser(ParseLimits(timeout_s=60)) as parser:
+        out = processing.parse_document(doc_id, sessions=sessions, parser=parser, settings=Settings(data_dir=tmp_path))
+    assert (out.state, out.models) == ("embedding", [model, f"test/rechunk-wake-4d-{coll.name}"])
