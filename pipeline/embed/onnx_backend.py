@@ -60,6 +60,10 @@ class OnnxEmbedder(PackedEmbedder):
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads or cpu_count()
         options.inter_op_num_threads = 1
+        # Idle intra-op threads sleep instead of spinning: the cores are shared with Postgres, the parse
+        # workers and this process's claimer/writer threads, and a spinning pool slows them and itself
+        # (measured under load: 200 abstracts 15.3 s spinning vs 10.6 s not; query p50 7.8 vs 4.1 ms).
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         options.log_severity_level = 3  # errors only: ORT warns about harmless provider placement
         self.session = ort.InferenceSession(str(path), options, providers=_providers(device))
