@@ -23,6 +23,7 @@ from docpipe.lease import LeaseKeeper
 from docpipe.parse import SandboxedParser
 from docpipe.processing import DATABASE_LOST
 from docpipe.types import Chunk
+from tests import db_faults
 
 _names = itertools.count()
 BODY = " ".join(f"Sentence number {i} talks about lease renewal and claims." for i in range(400)).encode()
@@ -36,42 +37,10 @@ def parser():
 
 @pytest.fixture(scope="module")
 def faults(sessions):
-    """`inject(table, row_id, times, state=None)`: the next `times` writes of that row raise admin_shutdown."""
-    with sessions.begin() as s:
-        s.execute(
-            text(
-                "CREATE TABLE race_faults (tbl text, row_id bigint, state text, times int, seq text);"
-                "CREATE FUNCTION race_fault() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
-                "  IF EXISTS (SELECT 1 FROM race_faults f WHERE f.tbl = TG_TABLE_NAME "
-                "      AND f.row_id = (to_jsonb(NEW) ->> TG_ARGV[0])::bigint "
-                "      AND (f.state IS NULL OR f.state = to_jsonb(NEW) ->> 'state') "
-                "      AND nextval(f.seq) <= f.times) THEN "
-                "    RAISE EXCEPTION 'injected fault on %', TG_TABLE_NAME USING ERRCODE = 'admin_shutdown'; "
-                "  END IF; RETURN NEW; END $$;"
-                "CREATE TRIGGER race_fault BEFORE INSERT ON chunks "
-                "  FOR EACH ROW EXECUTE FUNCTION race_fault('document_id');"
-                "CREATE TRIGGER race_fault BEFORE UPDATE ON documents FOR EACH ROW EXECUTE FUNCTION race_fault('id');"
-            )
-        )
-    seqs = itertools.count()
-
-    def inject(table: str, row_id: int, times: int, state: str | None = None) -> None:
-        seq = f"race_fault_{next(seqs)}"
-        with sessions.begin() as s:
-            s.execute(text(f"CREATE SEQUENCE {seq}"))  # a sequence: not rolled back with the failing transaction
-            s.execute(
-                text("INSERT INTO race_faults VALUES (:t, :r, :s, :n, :q)"),
-                {"t": table, "r": row_id, "s": state, "n": times, "q": seq},
-            )
-
-    yield inject
-    with sessions.begin() as s:
-        s.execute(
-            text(
-                "DROP TRIGGER race_fault ON chunks; DROP TRIGGER race_fault ON documents; "
-                "DROP FUNCTION race_fault(); DROP TABLE race_faults"
-            )
-        )
+    """`faults(table, row_id, times, state=None)`: the next `times` writes of that row raise admin_shutdown."""
+    db_faults.install(sessions)
+    yield lambda *args, **kw: db_faults.inject(sessions, *args, **kw)
+    db_faults.uninstall(sessions)
 
 
 def queued(sessions, model: str, body: bytes = BODY, media_type: str = "text/plain", dim: int = 384) -> int:
