@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import text
-from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import Session
 
 from docpipe.errors import ConfigError
@@ -119,8 +119,8 @@ _NOT_READY_TWINS = (
 def switch_rechunked(session: Session) -> list[str]:
     """Switch every rechunked collection whose live versions all have ready twins; their names.
 
-    Each switch runs in a savepoint under a lock timeout: one that would wait on a worker's row gives
-    up and is tried again at the next drain or sweep.
+    Each runs in a savepoint under a lock timeout: one that would wait on a worker's row (or lost a race
+    with a concurrent switch) gives up and is tried again at the next drain or sweep.
     """
     shadows = session.execute(
         text(
@@ -131,17 +131,15 @@ def switch_rechunked(session: Session) -> list[str]:
     switched = []
     for shadow in shadows:
         params = {"c": shadow.rechunk_of, "s": shadow.id, "ready": DocState.READY, "failed": DocState.FAILED}
-        if twin_missing(session, shadow.rechunk_of, shadow.id):
-            continue  # versions ingested since: their twins come first
-        if session.execute(text(_NOT_READY_TWINS), params).scalar():
-            continue
         try:
             with session.begin_nested():
                 session.execute(text(f"SET LOCAL lock_timeout = '{SWITCH_LOCK_TIMEOUT}'"))
-                if _switch(session, params):
+                new_twins = twin_missing(session, shadow.rechunk_of, shadow.id)  # versions ingested since first
+                waiting = new_twins or session.execute(text(_NOT_READY_TWINS), params).scalar()
+                if not waiting and _switch(session, params):
                     switched.append(shadow.name)
                 session.execute(text("SET LOCAL lock_timeout = DEFAULT"))
-        except OperationalError as err:  # a worker held a row longer than the timeout, or a deadlock
+        except (OperationalError, IntegrityError) as err:  # a worker held a row too long; a concurrent switch
             log.info("rechunk switch of %s postponed: %s", shadow.name, err.orig)
     return switched
 

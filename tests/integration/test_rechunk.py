@@ -316,3 +316,29 @@ def test_a_parse_during_a_reindex_names_both_models_to_wake(sessions, minilm_dir
     with SandboxedParser(ParseLimits(timeout_s=60)) as parser:
         out = processing.parse_document(doc_id, sessions=sessions, parser=parser, settings=Settings(data_dir=tmp_path))
     assert (out.state, out.models) == ("embedding", [model, f"test/rechunk-wake-4d-{coll.name}"])
+
+
+def test_a_switch_that_would_wait_on_a_workers_row_is_postponed(sessions, collection, monkeypatch) -> None:
+    from docpipe.store import rechunk
+
+    monkeypatch.setattr(rechunk, "SWITCH_LOCK_TIMEOUT", "200ms")
+    bodies = {"p.txt": body(2)}
+    live = ingest(sessions, collection, "p.txt", bodies["p.txt"])
+    with sessions.begin() as s:
+        store.start_rechunk(s, collection.id, NEW, None)
+    [twin] = twins(sessions, collection).values()
+    parse(sessions, twin)
+    embed(sessions, twin)
+    worker = sessions()
+    try:
+        worker.execute(text("SELECT 1 FROM documents WHERE id = :d FOR UPDATE"), {"d": live})  # e.g. a save
+        with sessions.begin() as s:
+            assert store.switch_finished(s) == []  # gave up after the lock timeout; the transaction goes on
+            assert s.execute(text("SELECT 1")).scalar() == 1
+        assert searchable(sessions, collection) == chunk_sets(collection, bodies, OLD)
+    finally:
+        worker.rollback()
+        worker.close()
+    with sessions.begin() as s:
+        assert store.switch_finished(s) == [collection.name]
+    assert searchable(sessions, collection) == chunk_sets(collection, bodies, NEW)
