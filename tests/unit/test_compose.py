@@ -64,3 +64,20 @@ def test_no_password_on_a_command_line_and_data_writable() -> None:
     dockerfile = (REPO / "Dockerfile").read_text()
     assert "chown docpipe:docpipe /data" in dockerfile
     assert dockerfile.index("chown docpipe:docpipe /data") < dockerfile.index("USER docpipe")
+
+
+def test_workers_connect_as_a_role_that_is_not_the_image_superuser() -> None:
+    """The image's superuser is `postgres`; `docpipe` is made by the init script (tested in
+    tests/integration/test_compose_initdb.py) and is what DATABASE_URL names."""
+    result = compose_config({"PATH": "/usr/bin:/bin", **SECRETS})
+    assert result.returncode == 0, result.stderr
+    services = yaml.safe_load(result.stdout)["services"]
+    postgres = services["postgres"]
+    assert postgres["environment"]["POSTGRES_USER"] == "postgres"
+    assert postgres["environment"]["DOCPIPE_DB_PASSWORD"] == SECRETS["POSTGRES_PASSWORD"]
+    mounts = [v if isinstance(v, str) else f"{v['source']}:{v['target']}" for v in postgres["volumes"]]
+    init = [m for m in mounts if "/docker-entrypoint-initdb.d" in m]
+    assert len(init) == 1 and Path(init[0].split(":")[0]).resolve() == (REPO / "migrations" / "initdb").resolve()
+    assert (REPO / "migrations" / "initdb" / "10-docpipe-role.sh").stat().st_mode & 0o111
+    assert services["parse"]["environment"]["DATABASE_URL"].startswith("postgresql+psycopg://docpipe:")
+    assert "-h 127.0.0.1 -U docpipe" in " ".join(postgres["healthcheck"]["test"])
