@@ -53,9 +53,18 @@ _PARSERS = {  # media type -> (module, function); the function takes (data) or (
 
 
 def parse_bytes(
-    data: bytes, media_type: str, *, max_pages: int, ocr: OcrConfig | None = None, ocr_budget: int | None = None
+    data: bytes,
+    media_type: str,
+    *,
+    max_pages: int,
+    ocr: OcrConfig | None = None,
+    ocr_budget: int | None = None,
+    max_chars: int | None = None,
 ) -> ParsedDocument:
     """Parse ``data`` in this process; ``max_pages`` (pages) applies to paged formats.
+
+    ``max_chars`` (parse.max_chars) stops a .docx early, whose text can be far larger than its file;
+    the sandbox's parent checks every format's result against it too.
 
     ``ocr`` (None: off) reads scanned PDF pages and images; ``ocr_budget`` (pages) stops a PDF
     range before it would OCR more pages than that (see ``parse_pdf``)."""
@@ -70,6 +79,8 @@ def parse_bytes(
         return parse(data, max_pages=max_pages, pages=page_range(media_type), ocr=ocr, ocr_budget=ocr_budget)
     if kind in IMAGES:
         return parse(data, max_pages=max_pages, pages=page_range(media_type), ocr=ocr)
+    if kind == DOCX:
+        return parse(data, max_chars=max_chars)
     return parse(data)
 
 

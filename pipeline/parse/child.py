@@ -58,8 +58,9 @@ def handle(header: dict[str, Any], data: bytes) -> dict[str, Any]:
         media_type = _run_test_hook(media_type)
         ocr = OcrConfig.model_validate(header["ocr"]) if header.get("ocr") else None
         doc = parse_bytes(
-            data, media_type, max_pages=int(header["max_pages"]), ocr=ocr, ocr_budget=header.get("ocr_budget")
-        )
+            data, media_type, max_pages=int(header["max_pages"]), ocr=ocr, ocr_budget=header.get("ocr_budget"),
+            max_chars=header.get("max_chars"),
+        )  # fmt: skip
     except DocpipeError as err:
         return {"error": type(err).__name__, "message": str(err)}
     except MemoryError:

@@ -69,8 +69,12 @@ def _table_text(table: Table) -> str:
     return "\n".join(rows)
 
 
-def parse_docx(data: bytes) -> ParsedDocument:
-    """A .docx file; all blocks on page 1 (Word pages are a rendering detail)."""
+def parse_docx(data: bytes, *, max_chars: int | None = None) -> ParsedDocument:
+    """A .docx file; all blocks on page 1 (Word pages are a rendering detail).
+
+    ``max_chars`` (parse.max_chars): reading stops with ``TooLarge`` once the text passes it, so a
+    small file that inflates to gigabytes of text costs the limit's worth of work, not the file's.
+    """
     _check_zip(data)
     try:
         document = docx.Document(io.BytesIO(data))
@@ -78,13 +82,22 @@ def parse_docx(data: bytes) -> ParsedDocument:
         raise CorruptDocument(f"cannot open DOCX: {describe(err)}") from err
     headings = HeadingPath()
     blocks: list[Block] = []
+    chars = 0
     for item in document.iter_inner_content():
         if isinstance(item, Table):
             blocks.append(Block(text=tidy_lines(_table_text(item)), page=1, heading_path=headings.path))
-            continue
-        level, raw = _heading_level(item), _text_of(item._p)
-        if level is None:
-            blocks.append(Block(text=tidy_lines(raw), page=1, heading_path=headings.path))
-        elif text := collapse_whitespace(raw):
-            blocks.append(Block(text=text, page=1, heading_path=headings.enter(level, text), is_heading=True))
+        else:
+            level, raw = _heading_level(item), _text_of(item._p)
+            if level is None:
+                blocks.append(Block(text=tidy_lines(raw), page=1, heading_path=headings.path))
+            elif text := collapse_whitespace(raw):
+                blocks.append(Block(text=text, page=1, heading_path=headings.enter(level, text), is_heading=True))
+            else:
+                continue
+        chars += len(blocks[-1].text)
+        if max_chars is not None and chars > max_chars:
+            raise TooLarge(
+                f"document produced more than {max_chars} characters of text (parse.max_chars); "
+                f"stopped reading after {chars}"
+            )
     return text_document(blocks, title=document.core_properties.title)

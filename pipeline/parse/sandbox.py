@@ -210,6 +210,7 @@ class SandboxedParser:
         header = {
             "media_type": media_type,
             "max_pages": self.limits.max_pages,
+            "max_chars": self.limits.max_chars,  # a .docx stops there (its text can dwarf its file)
             "timeout_s": self.timeout_s,
             "ocr": self.ocr.model_dump() if self.ocr else None,
             "ocr_budget": ocr_budget,
