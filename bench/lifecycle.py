@@ -1,6 +1,7 @@
 """Lifecycle figures: sync of an unchanged folder against its first ingest; a reindex's switch and its searches.
 
-    python -m docpipe.bench.lifecycle [--docs DIR] [--max-docs N] [--work DIR]
+    python -m docpipe.bench.lifecycle [--docs DIR] [--max-docs N] [--work DIR] [--skip-reindex]
+                                      [--rechunk-max-tokens N]
 
 1. The folder (the corpus's ok_text PDFs, copied to a work dir) is synced with
    `wait=True` (the first ingest), then synced again unchanged: the ratio of
@@ -11,6 +12,12 @@
    polled every 20 ms), and searches whose hits lie closer to the other model's
    exact neighbours than to the model that should answer (old before the
    switch, new after), or to neither: must be 0.
+3. The collection is rechunked (`--rechunk-max-tokens`, no overlap) while a
+   thread searches it (vector and keyword) in a loop. Figures: seconds from the
+   last document re-chunked and embedded to the switch (polled every 20 ms),
+   and searches whose hits mix old and new chunks, or that return chunks of the
+   generation that should not answer (old after the switch, new before), or
+   nothing: must be 0.
 """
 
 from __future__ import annotations
@@ -157,11 +164,87 @@ def measure_reindex(client, model: Path) -> dict[str, object]:
     }
 
 
+def chunk_ids(client) -> set[int]:
+    from sqlalchemy import text
+
+    with client.sessions.begin() as s:
+        rows = s.execute(text("SELECT chunk_id FROM docpipe_chunks WHERE collection = :c"), {"c": COLLECTION})
+        return set(rows.scalars())
+
+
+def _answers_by_mode(client) -> list[set[int]]:
+    """Each (query, mode)'s hit chunk ids: the vector and the keyword side of every query."""
+    return [
+        {h.chunk_id for h in client.search(q, collection=COLLECTION, mode=mode, k=5)}
+        for q in QUERIES
+        for mode in ("vector", "text")
+    ]
+
+
+def measure_rechunk(client, max_tokens: int) -> dict[str, object]:
+    """Searches run in a loop during a rechunk; each must answer from the old chunks before the switch, new after."""
+    old_ids = chunk_ids(client)
+    answered = [bool(a) for a in _answers_by_mode(client)]  # (query, mode)s with hits before: must keep some
+    seen: list[tuple[float, float, list[set[int]]]] = []  # (started, ended, each (query, mode)'s hits)
+    stop = threading.Event()
+
+    def search_loop() -> None:
+        while not stop.is_set():
+            t = time.perf_counter()
+            got = _answers_by_mode(client)
+            seen.append((t, time.perf_counter(), got))
+
+    searcher = threading.Thread(target=search_loop, daemon=True)
+    t0 = time.perf_counter()
+    status = client.reindex(COLLECTION, rechunk={"max_tokens": max_tokens, "overlap_tokens": 0})
+    searcher.start()
+    documents = status.rechunk.documents if status.rechunk else 0
+    all_done, last_unswitched = None, time.perf_counter()
+    while (status := client.reindex_status(COLLECTION)).target is not None:
+        last_unswitched = time.perf_counter()
+        if status.rechunk and status.rechunk.failed:
+            raise SystemExit(f"re-parse failed: {status.rechunk.failed}")
+        if all_done is None and status.rechunk and status.rechunk.done >= status.rechunk.documents:
+            all_done = last_unswitched
+        time.sleep(0.02)
+    switched = time.perf_counter()
+    time.sleep(1.0)
+    stop.set()
+    searcher.join()
+    new_ids = chunk_ids(client)
+    mixed = wrong = empty = ambiguous = 0
+    for started, ended, got in seen:
+        expected = "old" if ended < last_unswitched else "new" if started > switched else None
+        ambiguous += expected is None
+        for hits, had in zip(got, answered, strict=True):
+            empty += had and not hits
+            side = "old" if hits <= old_ids else "new" if hits <= new_ids else "mixed"
+            mixed += side == "mixed"
+            # a round spanning the switch may see old answers, then new ones: each answer is still whole
+            wrong += expected is not None and bool(hits) and side != expected
+    return {
+        "documents": documents,
+        "chunks_before": len(old_ids),
+        "chunks_after": len(new_ids),
+        "rechunk_to_switch_s": round(switched - t0, 2),
+        "last_document_to_switch_s": round(switched - (all_done or switched), 3),
+        "search_rounds": len(seen),
+        "answers_per_round": len(answered),
+        "answers_empty_before": answered.count(False),
+        "rounds_spanning_the_switch": ambiguous,
+        "answers_mixing_generations": mixed,
+        "answers_from_the_wrong_generation": wrong,
+        "answers_empty_that_were_not_before": empty,
+    }
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--docs", type=Path, default=default_docs())
     parser.add_argument("--max-docs", type=int, default=40)
     parser.add_argument("--work", type=Path, default=None)
+    parser.add_argument("--skip-reindex", action="store_true", help="no model reindex (sync and rechunk only)")
+    parser.add_argument("--rechunk-max-tokens", type=int, default=128)
     args = parser.parse_args(argv)
     work = args.work or Path(tempfile.mkdtemp(prefix="docpipe-bench-lifecycle-"))
     folder = work / "share"
@@ -169,7 +252,9 @@ def main(argv: list[str] | None = None) -> int:
     out: dict[str, object] = {"machine": machine_info()}
     with running_stack(work) as run:
         out["sync"] = measure_sync(run.client, folder)
-        out["reindex"] = measure_reindex(run.client, second_model(work))
+        if not args.skip_reindex:
+            out["reindex"] = measure_reindex(run.client, second_model(work))
+        out["rechunk"] = measure_rechunk(run.client, args.rechunk_max_tokens)
     print(json.dumps(out, indent=2))
     return 0
 
