@@ -8,7 +8,7 @@ parser or the model runs, a short one to write.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import psycopg
@@ -80,12 +80,49 @@ def page_ranges(page_count: int, size: int, first: int | None = None) -> list[tu
     return [(start, min(start + size - 1, page_count)) for start in range(first, page_count + 1, size)]
 
 
-def _rest_of(parsed: ParsedDocument, settings: Settings) -> list[tuple[int, int]]:
-    """Page ranges still to parse after the first request: scans (the first range stopped at its
-    OCR budget) go in ranges of `ocr.split_pages`, text PDFs in ranges of `parse.split_pages`."""
-    if parsed.parsed_to is not None:
-        return page_ranges(parsed.page_count, settings.ocr.split_pages, first=parsed.parsed_to + 1)
-    return page_ranges(parsed.page_count, settings.parse.split_pages)
+def plan_ranges(
+    start: int, end: int, ocr_pages: Sequence[int], *, max_pages: int, max_ocr: int
+) -> list[tuple[int, int]]:
+    """1-based inclusive ranges covering pages `start`..`end`, each of at most `max_pages` pages
+    (<= 0: no limit) and at most `max_ocr` of `ocr_pages` (a request's OCR budget); never empty."""
+    wanted = set(ocr_pages)
+    ranges: list[tuple[int, int]] = []
+    begin, ocr_in = start, 0
+    for page in range(start, end + 1):
+        if page > begin and (page - begin == max_pages or (page in wanted and ocr_in >= max_ocr)):
+            ranges.append((begin, page - 1))
+            begin, ocr_in = page, 0
+        ocr_in += page in wanted
+    return [*ranges, (begin, end)] if begin <= end else ranges
+
+
+def _rest_of(parsed: ParsedDocument, settings: Settings, last: int) -> list[tuple[int, int]]:
+    """Page ranges still to parse after the first request (pages 1..`last`).
+
+    When the OCR budget stopped it, the rest of its range is planned from the pages that want OCR
+    (`plan_ranges`); the pages after `last` go in ranges of `ocr.split_pages` when at least half of
+    the first range wants OCR (a scan; images: every frame), else of `parse.split_pages` (a range
+    that meets scans re-splits itself, see `parse_part`)."""
+    if parsed.parsed_to is None:
+        return page_ranges(parsed.page_count, settings.parse.split_pages, first=last + 1)
+    last = min(last, parsed.page_count)
+    within = plan_ranges(
+        parsed.parsed_to + 1, last, parsed.ocr_pending,
+        max_pages=settings.parse.split_pages, max_ocr=settings.ocr.split_pages,
+    )  # fmt: skip
+    scanned = settings.ocr.split_pages + len(parsed.ocr_pending)  # pages of the first range that want OCR
+    size = settings.ocr.split_pages if 2 * scanned >= last else settings.parse.split_pages
+    return within + page_ranges(parsed.page_count, size, first=last + 1)
+
+
+def _rest_of_part(parsed: ParsedDocument, end: int, settings: Settings) -> list[tuple[int, int]]:
+    """What a part (pages ..`end`) left when its OCR budget stopped it, planned like `_rest_of`."""
+    if parsed.parsed_to is None or parsed.parsed_to >= end:  # all of it (an image range ends at `end`)
+        return []
+    return plan_ranges(
+        parsed.parsed_to + 1, end, parsed.ocr_pending,
+        max_pages=settings.parse.split_pages, max_ocr=settings.ocr.split_pages,
+    )  # fmt: skip
 
 
 def parse_document(
@@ -143,7 +180,7 @@ def _parse_claimed(
         parsed = parser.parse(
             doc.content, with_page_range(kind, 1, split) if splittable else doc.media_type, ocr_budget=budget
         )
-        ranges = _rest_of(parsed, settings) if splittable else []
+        ranges = _rest_of(parsed, settings, split) if splittable else []
         if ranges:
             with sessions.begin() as session:
                 kept = store.split_into_parts(session, doc, parsed.blocks, ranges, page_count=parsed.page_count,
@@ -209,6 +246,9 @@ def parse_part(
 ) -> ParseOutcome:
     """Parse one page range of a split PDF; the last part to finish chunks the whole document.
 
+    The range stops at its OCR budget (`ocr.split_pages` pages) like the first request; what it
+    left becomes new parts, returned for separate tasks.
+
     Chunking sees every page at once, so chunks (and their overlap) are the
     same as if one task had parsed the document. A retryable error propagates
     for the task to retry; the document's lease (renewed by every finished
@@ -229,17 +269,24 @@ def parse_part(
         return ParseOutcome(document_id, "skipped")
     doc = work.claim
     try:
-        parsed = parser.parse(doc.content, with_page_range(doc.media_type, work.page_start, work.page_end))
+        parsed = parser.parse(
+            doc.content,
+            with_page_range(doc.media_type, work.page_start, work.page_end),
+            # resumed: its range was cut to its budget when first parsed; reading all of it drops no page
+            ocr_budget=None if resumed or settings.ocr.mode == "off" else settings.ocr.split_pages,
+        )
     except PermanentError as err:
         with sessions.begin() as session:
             store.fail_document(session, doc, f"pages {work.page_start}-{work.page_end}: {err}")
         return ParseOutcome(doc.id, "failed", reason=str(err))
+    rest = [] if resumed else _rest_of_part(parsed, work.page_end, settings)  # resumed: its rest was split
     with sessions.begin() as session:
+        new_parts = store.split_part(session, doc, part, rest) if rest else []  # before finish_part: not last
         last = store.finish_part(session, doc, part, parsed.blocks, lease_s=settings.worker.lease_s)
         if last:
             states.hand_claim(session, doc.id, doc.attempts, token)
     if not last:
-        return ParseOutcome(doc.id, "parsing")
+        return ParseOutcome(doc.id, "parsing", attempt=doc.attempts, parts=new_parts)
     with LeaseKeeper(sessions, doc.id, doc.attempts, lease_s=lease_s):
         try:
             with sessions.begin() as session:

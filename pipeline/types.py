@@ -30,6 +30,7 @@ class ParsedDocument:
     title: str | None = None
     warnings: list[str] = field(default_factory=list)
     parsed_to: int | None = None  # last page parsed when a page range stopped early (OCR budget); None: all of it
+    ocr_pending: list[int] = field(default_factory=list)  # pages after parsed_to in the range that want OCR
 
 
 @dataclass(frozen=True, slots=True)

@@ -9,7 +9,7 @@ helper under a per-page time limit (``ocr_pages``).
 from __future__ import annotations
 
 import re
-from dataclasses import replace
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
 
 import pymupdf
@@ -140,23 +140,39 @@ def render_page(doc: pymupdf.Document, page: int, dpi: int) -> np.ndarray:
     return np.frombuffer(pix.samples, dtype=np.uint8).reshape(pix.height, pix.width, 3)
 
 
-def _ocr_plan(
-    doc: pymupdf.Document, numbers: range, ocr: OcrConfig | None, budget: int | None
-) -> tuple[dict[int, list[str]], list[int], int | None]:
-    """Text blocks of each page, the pages to OCR and, when the OCR budget (pages) stops the
-    range early, the last page kept; pages past ``ocr.max_pages`` keep their text layer."""
-    texts: dict[int, list[str]] = {}
-    wanted: list[int] = []
+@dataclass
+class _Plan:
+    """What to do with a page range: text blocks per page, pages to OCR, and where the OCR budget
+    stopped it (``parsed_to``; ``pending``: the pages after it that want OCR too)."""
+
+    texts: dict[int, list[str]] = field(default_factory=dict)
+    wanted: list[int] = field(default_factory=list)
+    parsed_to: int | None = None
+    pending: list[int] = field(default_factory=list)
+
+
+def _ocr_plan(doc: pymupdf.Document, numbers: range, ocr: OcrConfig | None, budget: int | None) -> _Plan:
+    """Decide page by page; pages past ``ocr.max_pages`` keep their text layer. Once the budget
+    (pages) is spent, the rest of the range is only looked at, so the caller can plan it."""
+    plan = _Plan()
     for number in numbers:
-        texts[number] = _page_texts(doc, number - 1)
-        if ocr is None or ocr.mode == "off" or number > ocr.max_pages:
+        texts = _page_texts(doc, number - 1)
+        wants_ocr = (
+            ocr is not None
+            and ocr.mode != "off"
+            and number <= ocr.max_pages
+            and ocr_reason(page_facts(doc.load_page(number - 1), texts), ocr.mode) is not None
+        )
+        if plan.parsed_to is None and wants_ocr and budget is not None and len(plan.wanted) == budget:
+            plan.parsed_to = number - 1
+        if plan.parsed_to is not None:
+            if wants_ocr:
+                plan.pending.append(number)
             continue
-        if ocr_reason(page_facts(doc.load_page(number - 1), texts[number]), ocr.mode):
-            if budget is not None and len(wanted) == budget:
-                del texts[number]
-                return texts, wanted, number - 1
-            wanted.append(number)
-    return texts, wanted, None
+        plan.texts[number] = texts
+        if wants_ocr:
+            plan.wanted.append(number)
+    return plan
 
 
 def parse_pdf(
@@ -172,7 +188,8 @@ def parse_pdf(
     ``pages`` (first, last; 1-based, inclusive) parses only that range, for documents split across
     workers; ``page_count`` is always the whole document's. ``ocr`` None or mode "off" reads the
     text layer only. With ``ocr_budget`` (pages), the range stops before the page that would be
-    the budget's next OCR page and ``parsed_to`` says where (the caller hands out the rest).
+    the budget's next OCR page: ``parsed_to`` says where, ``ocr_pending`` which of the pages after
+    it want OCR (the caller plans the rest of the range from them).
     """
     silence_mupdf()
     pymupdf.TOOLS.reset_mupdf_warnings()
@@ -182,7 +199,8 @@ def parse_pdf(
         first, last = pages or (1, page_count)
         outline = _outline(doc, warnings)
         numbers = range(max(first, 1), min(last, page_count) + 1)
-        texts, wanted, parsed_to = _ocr_plan(doc, numbers, ocr, ocr_budget)
+        plan = _ocr_plan(doc, numbers, ocr, ocr_budget)
+        texts, wanted = plan.texts, plan.wanted
         read: dict[int, list[tuple[str, float]]] = {}
         if wanted and ocr is not None:
             for result in read_pages(lambda page: render_page(doc, page, ocr.dpi), wanted, ocr):
@@ -202,5 +220,10 @@ def parse_pdf(
         warnings.append(f"no text found, even after OCR of {len(wanted)} pages" if wanted else NO_TEXT_LAYER)
     warnings.extend(pymupdf.TOOLS.mupdf_warnings().splitlines())
     return ParsedDocument(
-        blocks=blocks, page_count=page_count, title=title, warnings=truncate_warnings(warnings), parsed_to=parsed_to
+        blocks=blocks,
+        page_count=page_count,
+        title=title,
+        warnings=truncate_warnings(warnings),
+        parsed_to=plan.parsed_to,
+        ocr_pending=plan.pending,
     )

@@ -54,6 +54,7 @@ def document_to_json(doc: ParsedDocument) -> dict[str, Any]:
         "warnings": doc.warnings,
         "blocks": [[b.text, b.page, list(b.heading_path), b.is_heading, b.ocr_confidence] for b in doc.blocks],
         "parsed_to": doc.parsed_to,
+        "ocr_pending": doc.ocr_pending,
     }
 
 
@@ -68,6 +69,7 @@ def document_from_json(obj: dict[str, Any]) -> ParsedDocument:
         title=obj["title"],
         warnings=obj["warnings"],
         parsed_to=obj.get("parsed_to"),
+        ocr_pending=obj.get("ocr_pending", []),
     )
 
 

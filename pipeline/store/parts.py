@@ -1,4 +1,6 @@
-"""Long PDFs parsed as page ranges by parallel tasks, joined before chunking."""
+"""Long PDFs parsed as page ranges by parallel tasks, joined before chunking.
+
+A range that stops at its OCR budget hands the rest of its pages to new parts (`split_part`)."""
 
 from __future__ import annotations
 
@@ -20,6 +22,7 @@ __all__ = [
     "part_to_parse",
     "renew_lease",
     "split_into_parts",
+    "split_part",
 ]
 
 
@@ -51,6 +54,34 @@ def split_into_parts(
         session.execute(insert, {"d": doc.id, "p": part, "a": doc.attempts, "s": start, "e": end, "b": None})
     renew_lease(session, doc.id, lease_s, page_count=page_count)
     return True
+
+
+def split_part(session: Session, claim: ClaimedDocument, part: int, rest: Sequence[tuple[int, int]]) -> list[int]:
+    """Cut a part short before `rest[0][0]` and add `rest` (page ranges) as new parts; their numbers.
+
+    Call in the transaction that then finishes the part (`finish_part`): the new parts are missing
+    before it counts, so exactly one finisher still sees none missing. [] when the claim is lost.
+    """
+    if not rest or not still_claimed(session, claim):  # the row lock serialises the finishers
+        return []
+    session.execute(
+        text("UPDATE document_parts SET page_end = :e WHERE document_id = :d AND part = :p"),
+        {"d": claim.id, "p": part, "e": rest[0][0] - 1},
+    )
+    top = session.execute(
+        text("SELECT max(part) FROM document_parts WHERE document_id = :d"), {"d": claim.id}
+    ).scalar_one()
+    numbers = list(range(top + 1, top + 1 + len(rest)))
+    session.execute(
+        text(
+            "INSERT INTO document_parts (document_id, part, attempt, page_start, page_end) VALUES (:d, :p, :a, :s, :e)"
+        ),
+        [
+            {"d": claim.id, "p": number, "a": claim.attempts, "s": start, "e": end}
+            for number, (start, end) in zip(numbers, rest, strict=True)
+        ],
+    )
+    return numbers
 
 
 def renew_lease(session: Session, document_id: int, lease_s: int, *, page_count: int | None = None) -> None:
@@ -122,9 +153,9 @@ def finish_part(session: Session, claim: ClaimedDocument, part: int, blocks: Seq
 
 
 def part_blocks(session: Session, document_id: int) -> list[Block]:
-    """Every part's blocks, in page order."""
+    """Every part's blocks, in page order (parts added by `split_part` come after in number, not in pages)."""
     rows = session.execute(
-        text("SELECT blocks FROM document_parts WHERE document_id = :d ORDER BY part"), {"d": document_id}
+        text("SELECT blocks FROM document_parts WHERE document_id = :d ORDER BY page_start"), {"d": document_id}
     ).scalars()
     return [
         Block(t, p, tuple(h), bool(is_h), *ocr)  # ocr: [confidence]; absent in parts stored before OCR

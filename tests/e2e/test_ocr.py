@@ -10,13 +10,18 @@ import pytest
 from PIL import Image
 from sqlalchemy import text
 
-from tests.unit.test_ocr import page_png, scanned_pdf
+from tests.unit.test_ocr import mixed_pdf, page_png, scanned_pdf
 
 COLLECTION = "e2e-ocr"
 SCAN_TEXT = "Lease agreement for the lighthouse keeper.\nThe annual rent is paid in herring."
 PNG_TEXT = "Receipt from the bicycle workshop.\nNew chain and two brake cables fitted."
 # Three pages each: the test stack reads one scanned page per parse request, so these fan out.
 LONG_PAGES = ["Chapter one: the orchard survey.", "Chapter two: apple varieties.", "Chapter three: pruning in winter."]
+# A text PDF whose scans start after its first range (parse.split_pages = 64): the range 65-77 stops
+# at its OCR budget (one page on the test stack) and hands the rest of its pages to new parts.
+MIXED_SCANS = {71: "The harbour crane was repaired.", 72: "Barrels of cider were counted."}
+MIXED_SCANS |= {73: "The lock keeper signed below.", 77: "Invoice for the orchard ladders."}
+MIXED_WORDS = {"crane": 71, "barrels": 72, "keeper": 73, "ladders": 77}
 
 
 def tiff(*texts: str) -> bytes:
@@ -92,3 +97,30 @@ def test_readme_ocr_sql_runs(client, ocr_ingested: dict[str, int]) -> None:
     assert {Path(r.source).name for r in rows} == set(ocr_ingested)
     confidences = [float(r.confidence) for r in rows]
     assert confidences == sorted(confidences)
+
+
+def page_sequence(chunk_texts: list[str]) -> list[int]:
+    """The mixed PDF's pages in the order its chunks read them, each chunk's overlap with the one before dropped."""
+    marker = re.compile(r"page (\d+) of the mill|(" + "|".join(MIXED_WORDS) + ")", flags=re.I)  # OCR drops spaces
+    read: list[int] = []
+    for chunk in chunk_texts:
+        pages = [int(m[1]) if m[1] else MIXED_WORDS[m[2].lower()] for m in marker.finditer(chunk)]
+        overlap = max((k for k in range(len(pages) + 1) if read[len(read) - k :] == pages[:k]), default=0)
+        read += pages[overlap:]
+    return read
+
+
+def test_scans_after_the_first_range_are_read_within_each_requests_budget(client, tmp_path: Path) -> None:
+    pages = [
+        (MIXED_SCANS.get(n, f"Page {n} of the mill ledger, a text layer page."), n in MIXED_SCANS) for n in range(1, 78)
+    ]
+    (tmp_path / "mixed.pdf").write_bytes(mixed_pdf(pages))
+    job = client.ingest([tmp_path / "mixed.pdf"], collection=COLLECTION + "-mixed")
+    assert job.wait(timeout_s=600) == {"ready": 1}
+    with client.sessions.begin() as s:
+        rows = s.execute(
+            text("SELECT text, page_start, page_end, ocr FROM chunks WHERE document_id = :d ORDER BY ordinal"),
+            {"d": job.document_ids[0]},
+        ).all()
+    assert page_sequence([r.text for r in rows]) == list(range(1, 78))
+    assert any(r.ocr for r in rows) and min(r.page_start for r in rows) == 1 and max(r.page_end for r in rows) == 77

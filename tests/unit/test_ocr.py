@@ -41,6 +41,18 @@ def scanned_pdf(*texts: str) -> bytes:
         return doc.tobytes()
 
 
+def mixed_pdf(pages: list[tuple[str, bool]]) -> bytes:
+    """A PDF of (text, scanned) pages: scanned ones are only an image of their text, others a text layer."""
+    with pymupdf.open() as doc:
+        for text, scanned in pages:
+            page = doc.new_page(width=420, height=160)
+            if scanned:
+                page.insert_image(page.rect, stream=page_png(text))
+            else:
+                page.insert_textbox(pymupdf.Rect(20, 20, 400, 150), text, fontsize=14)
+        return doc.tobytes()
+
+
 def words(text: str) -> set[str]:
     return {w.strip(".,").lower() for w in text.split()}
 
@@ -61,8 +73,18 @@ def test_scanned_pdf_pages_are_read_with_their_page_numbers(two_page_scan: bytes
 
 def test_ocr_budget_stops_the_range_before_the_next_scanned_page(two_page_scan: bytes) -> None:
     doc = parse_bytes(two_page_scan, "application/pdf", max_pages=10, ocr=OCR, ocr_budget=1)
-    assert doc.parsed_to == 1
+    assert doc.parsed_to == 1 and doc.ocr_pending == [2]
     assert {b.page for b in doc.blocks} == {1}
+
+
+def test_ocr_budget_reports_the_scanned_pages_it_left() -> None:
+    text = "This page has a proper text layer of its own."
+    pages = [(text, False), ("Scan one of the ledger.", True), (text, False), ("Scan two of the ledger.", True)]
+    pages += [(text, False), ("Scan three of the ledger.", True)]
+    doc = parse_bytes(mixed_pdf(pages), "application/pdf", max_pages=10, ocr=OCR, ocr_budget=1)
+    assert doc.parsed_to == 3 and doc.ocr_pending == [4, 6]
+    assert {b.page for b in doc.blocks} == {1, 2, 3}
+    assert [b.page for b in doc.blocks if b.ocr_confidence is not None] == [2]
 
 
 def test_ocr_off_leaves_a_scan_without_text(two_page_scan: bytes) -> None:
