@@ -12,7 +12,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import psycopg
-from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import OperationalError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from docpipe import states, store
@@ -228,7 +228,7 @@ def _after_transient(
                 return ParseOutcome(doc.id, "failed", reason=reason)
             if release:
                 store.release_for_retry(session, doc, reason)
-    except DATABASE_LOST as also:
+    except (SQLAlchemyError, psycopg.Error) as also:  # the retry (or the sweeper) takes it from here
         log.warning("document %d: could not record %r: %s", doc.id, reason[:200], also)
     raise err
 
