@@ -281,9 +281,11 @@ class Client(LifecycleOps):
     def _store_and_enqueue(self, collection_id: int, docs: list[store.NewDocument], job: Job) -> None:
         with self.sessions.begin() as session:  # committed before any message is sent
             rows = store.insert_documents(session, collection_id, docs)
-        new_ids = [
-            doc_id for (doc_id, created), doc in zip(rows, docs, strict=True) if created and doc.failed_reason is None
-        ]
+            new_ids = [
+                doc_id for (doc_id, created), doc in zip(rows, docs, strict=True)
+                if created and doc.failed_reason is None
+            ]  # fmt: skip
+            new_ids += store.twin_versions(session, collection_id, new_ids)  # a rechunk running parses them too
         job.document_ids.extend(doc_id for doc_id, _ in rows)
         job.created += sum(created for _, created in rows)
         if new_ids:

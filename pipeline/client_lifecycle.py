@@ -209,6 +209,7 @@ class LifecycleOps:
         """The model searches use, the one being embedded (None: nothing running), chunks done, rechunk progress."""
         collection = self._collection_name(collection)
         with self.sessions.begin() as session:
+            session.connection(execution_options={"isolation_level": "REPEATABLE READ"})  # one snapshot
             found = store.reindex_progress(session, collection)
         if found is None:
             raise ConfigError(f"unknown collection: {collection!r}")

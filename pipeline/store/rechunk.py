@@ -9,18 +9,20 @@ replace each other (`states.promote` skips shadows): each pairs with the live
 version it re-parses.
 
 `switch_rechunked` runs where `switch_finished` does (end of a drain, the
-sweeper). It twins versions ingested since (they reach a parse worker through
-the sweeper), and once every version that is not failed has a ready twin, one
-transaction swaps each ready document's chunks for its twin's (its id,
-metadata and key stay), replaces in-flight versions by their twins, moves the
-postings and BM25 statistics, and adopts the settings and model. A failed twin
-holds the switch and is reported (`docpipe_problems`: `rechunk_failed`).
+sweeper). It twins the versions stored since that the client did not twin at
+ingest (`twin_versions`: SQL or other writers; the sweeper then enqueues them).
+Once every version that is not failed has a ready twin, one transaction swaps
+each ready document's chunks for its twin's (its id, metadata and key stay),
+replaces in-flight versions by their twins, moves the postings and BM25
+statistics, and adopts the settings and model. A failed twin holds the switch
+and is reported (`docpipe_problems`: `rechunk_failed`).
 """
 
 from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -31,7 +33,14 @@ from sqlalchemy.orm import Session
 from docpipe.errors import ConfigError
 from docpipe.states import DocState, promote, requeue_failed
 
-__all__ = ["RechunkProgress", "rechunk_progress", "start_rechunk", "switch_rechunked", "twin_missing"]
+__all__ = [
+    "RechunkProgress",
+    "rechunk_progress",
+    "start_rechunk",
+    "switch_rechunked",
+    "twin_missing",
+    "twin_versions",
+]
 
 log = logging.getLogger(__name__)
 SWITCH_LOCK_TIMEOUT = "5s"  # the switch waits this long for a row a worker holds, then tries again later
@@ -105,6 +114,28 @@ def twin_missing(session: Session, collection_id: int, shadow_id: int) -> list[i
                 "ORDER BY d.id ON CONFLICT DO NOTHING RETURNING id"
             ),
             {"c": collection_id, "s": shadow_id, "queued": DocState.QUEUED, "failed": DocState.FAILED},
+        ).scalars()
+    )
+
+
+def twin_versions(session: Session, collection_id: int, document_ids: Sequence[int]) -> list[int]:
+    """Twins of versions just ingested, when a rechunk of their collection runs; the twin ids to enqueue.
+
+    Without it they are twinned at the next switch check and parsed after the sweeper finds them.
+    """
+    if not document_ids:
+        return []
+    return list(
+        session.execute(
+            text(
+                "INSERT INTO documents (collection_id, source, sha256, media_type, size_bytes, content, metadata, "
+                "  state) "
+                "SELECT s.id, d.source, d.sha256, d.media_type, d.size_bytes, d.content, d.metadata, :queued "
+                "FROM collections s JOIN documents d ON d.collection_id = s.rechunk_of "
+                "WHERE s.rechunk_of = :c AND d.id = ANY(:ids) AND d.state <> :failed "
+                "ORDER BY d.id ON CONFLICT DO NOTHING RETURNING id"
+            ),
+            {"c": collection_id, "ids": list(document_ids), "queued": DocState.QUEUED, "failed": DocState.FAILED},
         ).scalars()
     )
 
@@ -226,6 +257,7 @@ def _switch(session: Session, params: dict[str, Any]) -> bool:
 @dataclass(frozen=True)
 class RechunkProgress:
     chunking: dict[str, Any]  # the settings being applied
+    model: str  # the model the new chunks are embedded with
     documents: int  # versions to re-parse (every one that is not failed)
     done: int  # of them, with a ready twin
     failed: list[tuple[str, str]]  # (key, reason) of re-parses that failed: they hold the switch
@@ -234,9 +266,14 @@ class RechunkProgress:
 
 
 def rechunk_progress(session: Session, collection_id: int) -> RechunkProgress | None:
-    """Where a rechunk of the collection stands; None when none runs."""
+    """Where a rechunk of the collection stands; None when none runs (read it in one snapshot: a switch
+    may commit between two statements of a read-committed transaction)."""
     shadow = session.execute(
-        text("SELECT id, chunking, model_id FROM collections WHERE rechunk_of = :c"), {"c": collection_id}
+        text(
+            "SELECT s.id, s.chunking, s.model_id, m.name AS model FROM collections s "
+            "JOIN embedding_models m ON m.id = s.model_id WHERE s.rechunk_of = :c"
+        ),
+        {"c": collection_id},
     ).first()
     if shadow is None:
         return None
@@ -261,5 +298,6 @@ def rechunk_progress(session: Session, collection_id: int) -> RechunkProgress | 
         {**params, "m": shadow.model_id},
     ).one()
     return RechunkProgress(
-        shadow.chunking, int(total), int(total - missing), [(r[0], r[1]) for r in failed], int(chunks), int(embedded)
-    )
+        shadow.chunking, shadow.model, int(total), int(total - missing), [(r[0], r[1]) for r in failed], int(chunks),
+        int(embedded),
+    )  # fmt: skip

@@ -83,13 +83,7 @@ def reindex_progress(session: Session, collection: str) -> ReindexProgress | Non
     if row is None:
         return None
     if (rechunk := rechunk_progress(session, row.id)) is not None:
-        target = session.execute(
-            text(
-                "SELECT m.name FROM collections s JOIN embedding_models m ON m.id = s.model_id WHERE s.rechunk_of = :c"
-            ),
-            {"c": row.id},
-        ).scalar_one()
-        return ReindexProgress(row.model, target, rechunk.embedded, rechunk.chunks, rechunk)
+        return ReindexProgress(row.model, rechunk.model, rechunk.embedded, rechunk.chunks, rechunk)
     return ReindexProgress(row.model, row.target, int(row.embedded), int(row.chunks))
 
 

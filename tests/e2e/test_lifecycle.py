@@ -236,8 +236,14 @@ def test_rechunk_parses_stored_bytes_again_and_switches_once(stack, client) -> N
                 answers.append({h.chunk_id for h in client.search("canal locks measured", collection=coll, mode=mode)})
             time.sleep(0.05)
 
+    late = ("k-late", b"Paragraph on the harbor cranes: the harbor cranes were oiled. " * 12, "text/plain")
+    ingested: list[int] = []
+    late_ingest = threading.Timer(
+        2.0, lambda: ingested.extend(client.ingest_bytes([late], collection=coll).document_ids)
+    )
     poller = threading.Thread(target=poll, daemon=True)
     poller.start()
+    late_ingest.start()  # a document added while the rechunk runs is chunked with the new settings too
     out = run_cli(
         stack, "reindex", "--collection", coll, "--rechunk", "--chunk-max-tokens", "32", "--chunk-overlap", "0",
         "--wait", "--timeout", "300",
@@ -245,10 +251,14 @@ def test_rechunk_parses_stored_bytes_again_and_switches_once(stack, client) -> N
     time.sleep(0.3)  # a few searches after the switch
     stop.set()
     poller.join(30)
+    late_ingest.join()
     new = chunk_ids()
     assert "switched" in out.stderr, out.stderr
-    assert sorted(set(new.values())) == sorted(job.document_ids)  # the same documents, chunked again
-    assert len(new) >= 3 * len(old) and not set(new) & set(old)
+    assert ingested and set(job.document_ids) < set(new.values())  # the same documents, chunked again
+    with client.sessions.begin() as s:  # the late one too, live from the switch on (by its twin if in flight)
+        keys = s.execute(text("SELECT DISTINCT source FROM docpipe_chunks WHERE collection = :c"), {"c": coll})
+        assert sorted(keys.scalars()) == sorted([key for key, _, _ in docs] + ["k-late"])
+    assert len(new) >= 3 * (len(old) + 1) and not set(new) & set(old)
     assert client.status(coll)[coll]["chunks"] == len(new)
     with client.sessions.begin() as s:
         chunking = s.execute(text("SELECT chunking FROM collections WHERE name = :c"), {"c": coll}).scalar_one()
@@ -256,7 +266,8 @@ def test_rechunk_parses_stored_bytes_again_and_switches_once(stack, client) -> N
         assert s.execute(text("SELECT max(token_count) FROM docpipe_chunks d JOIN chunks ch ON ch.id = d.chunk_id "
                               "WHERE d.collection = :c"), {"c": coll}).scalar_one() <= 32  # fmt: skip
     assert answers and all(a for a in answers), "a search returned nothing"
-    assert all(a <= set(old) or a <= set(new) for a in answers), "a search mixed old and new chunks"
+    # wholly new chunks, or none of them (the old ones, and the late document's before the switch)
+    assert all(a <= set(new) or not a & set(new) for a in answers), "a search mixed old and new chunks"
     assert any(a <= set(new) for a in answers[-2:])
     print(f"\nrechunk of {len(docs)} documents: {len(old)} -> {len(new)} chunks, {len(answers)} searches meanwhile")
 

@@ -260,10 +260,14 @@ def test_edits_deletes_and_new_documents_during_a_rechunk_end_up_current(session
         store.delete_documents(s, collection.name, store.Selection(keys=["e1.txt"]))
     del bodies["e1.txt"]
     bodies["n.txt"] = body(11, 4)
-    ingest(sessions, collection, "n.txt", bodies["n.txt"])
+    added = ingest(sessions, collection, "n.txt", bodies["n.txt"])
+    with sessions.begin() as s:  # what the client does at ingest: the twin is enqueued with the version
+        [n_twin] = store.twin_versions(s, collection.id, [added])
+        assert store.twin_versions(s, collection.id, [added]) == []  # once
     with sessions.begin() as s:
-        assert store.switch_finished(s) == []  # the new versions get their twins first
+        assert store.switch_finished(s) == []  # the edit (stored without the client) is twinned here
     pending = twins(sessions, collection)
+    assert pending["n.txt"] == n_twin
     for key in ("e0.txt", "n.txt"):
         parse(sessions, pending[key])
         embed(sessions, pending[key])
