@@ -47,7 +47,7 @@ def _retry(task: Any, exc: Exception) -> NoReturn:
     raise task.retry(exc=exc, countdown=policy.delay_s(task.request.retries), max_retries=policy.message_retries)
 
 
-@shared_task(bind=True, name=PARSE_TASK)
+@shared_task(bind=True, name=PARSE_TASK, ignore_result=True)
 def parse(self: Any, document_id: int) -> dict:
     """Parse and chunk one document; wake the embedder for its model."""
     ctx = _ctx()
@@ -63,7 +63,7 @@ def parse(self: Any, document_id: int) -> dict:
     return _next_step(out)
 
 
-@shared_task(bind=True, name=PARSE_PART_TASK)
+@shared_task(bind=True, name=PARSE_PART_TASK, ignore_result=True)
 def parse_part(self: Any, document_id: int, part: int, attempt: int) -> dict:
     """Parse one page range of a split PDF; the last range to finish chunks the document."""
     ctx = _ctx()
@@ -94,7 +94,7 @@ def _next_step(out: processing.ParseOutcome) -> dict:
     }
 
 
-@shared_task(bind=True, name=EMBED_TASK)
+@shared_task(bind=True, name=EMBED_TASK, ignore_result=True)
 def embed(self: Any, model: str) -> dict:
     """Drain the embed queue of `model` across all documents (one drain per process at a time).
 
