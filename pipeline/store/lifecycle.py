@@ -205,12 +205,14 @@ def collection_status(session: Session, collection: str | None) -> dict[str, dic
             "  (SELECT count(*) FROM embeddings e JOIN chunks ch ON ch.id = e.chunk_id "
             "     JOIN documents d ON d.id = ch.document_id "
             "     WHERE d.collection_id = c.id AND e.model_id = c.model_id) AS embeddings, "
-            "  (SELECT s.chunking FROM collections s WHERE s.rechunk_of = c.id) AS rechunk "
+            "  (SELECT s.chunking FROM collections s WHERE s.rechunk_of = c.id) AS rechunk, "
+            "  (SELECT count(*) FROM collections s JOIN documents t ON t.collection_id = s.id "
+            "     WHERE s.rechunk_of = c.id AND t.state = :failed) AS rechunk_failed "
             "FROM collections c JOIN embedding_models m ON m.id = c.model_id "
             "LEFT JOIN embedding_models n ON n.id = c.next_model_id "
             "WHERE c.rechunk_of IS NULL AND (CAST(:c AS text) IS NULL OR c.name = :c) ORDER BY c.name"
         ),
-        {"c": collection, "ready": states.DocState.READY},
+        {"c": collection, "ready": states.DocState.READY, "failed": states.DocState.FAILED},
     ).all()
     out = {}
     for r in rows:
@@ -219,7 +221,7 @@ def collection_status(session: Session, collection: str | None) -> dict[str, dic
             "model": r.model,
             "documents": docs,
             "no_text": int(r.no_text),
-            "problems": int(r.no_text) + int(docs.get(states.DocState.FAILED, 0)),
+            "problems": int(r.no_text) + int(docs.get(states.DocState.FAILED, 0)) + int(r.rechunk_failed),
             "chunks": r.chunks,
             "embeddings": r.embeddings,
             "reindexing_to": r.next_model,  # None unless a reindex runs (client.reindex_status: progress)

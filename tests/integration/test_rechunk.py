@@ -233,6 +233,10 @@ def test_a_failed_re_parse_keeps_the_old_chunks_live_and_is_reported(sessions, c
         problems = store.problems(s, collection.name)
     assert progress.rechunk.failed == [("f1.txt", "parser crashed")]
     assert [(p.source, p.problem, p.reason) for p in problems] == [("f1.txt", "rechunk_failed", "parser crashed")]
+    with sessions.begin() as s:
+        status = store.collection_status(s, None)
+    assert status[collection.name]["problems"] == 1 and status[collection.name]["rechunking_to"] == NEW
+    assert not any(name.startswith("rechunk.") for name in status)  # the shadow is not a collection users see
     assert searchable(sessions, collection) == old
 
     with sessions.begin() as s:  # the same rechunk again retries the failed one
