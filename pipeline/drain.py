@@ -4,11 +4,20 @@ Three stages overlap: a claimer thread leases the next batch while the model
 runs on the current one, and a writer thread COPYs finished vectors. No
 transaction is open during a forward pass; at most `depth` batches are leased
 ahead, so a dying worker strands little work (its leases expire and the
-sweeper hands them out again).
+sweeper hands them out again). While a batch is held, a fourth thread renews
+its leases, so a slow but healthy batch never counts as a failed attempt.
+
+Failures: a forward pass that raises on some texts is split until the failing
+chunks stand alone (`docpipe.embed.isolate`); their documents fail with the
+error and the chunk named, the rest of the batch is written. A transient error
+(or one that fails every text) abandons the batch to its lease, recorded on its
+documents; a queue row claimed `worker.max_attempts` times fails its document
+(`states.fail_embed_exhausted`, here and in the sweeper).
 """
 
 from __future__ import annotations
 
+import logging
 import queue
 import threading
 import time
@@ -16,12 +25,16 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
-from docpipe import store
+from docpipe import states, store
 from docpipe.config import Settings
 from docpipe.embed.batching import pack_micro_batches
+from docpipe.embed.isolate import Isolated, embed_isolating
+from docpipe.retry import RetryPolicy
 
+log = logging.getLogger(__name__)
 _DONE = object()
 
 
@@ -112,6 +125,8 @@ def embed_pending(
     if found is None:
         return stats
     model_id, _dim = found
+    with sessions.begin() as session:  # rows whose claims ran out (workers died on them) fail their documents
+        states.fail_embed_exhausted(session, max_attempts=RetryPolicy.of(settings).max_attempts, model_id=model_id)
     with sessions.begin() as session:
         stats.index_deferred = store.defer_index_for_bulk_load(
             session, model_id, min_pending=settings.embed.bulk_load_chunks
@@ -153,6 +168,8 @@ def _run_stages(
     claimed: queue.Queue = queue.Queue(maxsize=depth)
     finished: queue.Queue = queue.Queue(maxsize=depth)
     stop = threading.Event()
+    stranded: list[store.PendingChunk] = []  # claimed when the drain stopped, never offered
+    held = HeldLeases(sessions, model_id, lease_s=settings.worker.lease_s, max_hold_s=settings.worker.task_time_limit_s)
 
     def claim_loop() -> None:
         count = 0
@@ -160,26 +177,36 @@ def _run_stages(
             t0 = time.perf_counter()
             with sessions.begin() as session:
                 batch = store.claim_pending_chunks(
-                    session, model_id, max_tokens=settings.embed.max_batch_tokens, lease_s=settings.worker.lease_s
+                    session,
+                    model_id,
+                    max_tokens=settings.embed.max_batch_tokens,
+                    lease_s=settings.worker.lease_s,
+                    max_attempts=settings.worker.max_attempts,
                 )
+            held.add(batch)
             stats.claim_s += time.perf_counter() - t0
-            if not batch or not _offer(claimed, batch, stop):
+            if not batch:
+                break
+            if not _offer(claimed, batch, stop):
+                stranded.extend(batch)
                 break
             count += 1
         _offer(claimed, _DONE, stop)
 
     def write_loop() -> None:
         while (item := finished.get()) is not _DONE:
-            batch, vectors = item
+            batch, result = item
             t0 = time.perf_counter()
             with sessions.begin() as session:
-                ids = [c.chunk_id for c in batch]
-                stats.documents_ready += store.write_embeddings(session, model_id, ids, vectors)
+                stats.documents_ready += _write(session, model_id, batch, result)
+            held.discard(batch)
             stats.write_s += time.perf_counter() - t0
 
     claimer, writer = _Stage("embed-claim", claim_loop), _Stage("embed-write", write_loop)
+    keeper = _Stage("embed-lease", lambda: held.keep(stop))
     claimer.start()
     writer.start()
+    keeper.start()
     try:
         while True:
             t0 = time.perf_counter()
@@ -188,11 +215,11 @@ def _run_stages(
             stats.idle_s += t1 - t0
             if batch is _DONE:
                 break
-            vectors = embed([c.text for c in batch])
+            result = _forward(sessions, embed, batch)
             stats.forward_s += time.perf_counter() - t1
-            _put(finished, (batch, vectors), writer)
-            counts = [c.token_count for c in batch]
-            stats.chunks += len(batch)
+            _put(finished, (batch, result), writer)
+            counts = [batch[i].token_count for i in result.ok]
+            stats.chunks += len(counts)
             stats.tokens += sum(counts)
             stats.padded_tokens += padded_slots(counts, micro_batch_tokens)
             stats.batches += 1
@@ -203,9 +230,105 @@ def _run_stages(
             finished.put(_DONE)
         writer.join()
         claimer.join()
-    for stage in (claimer, writer):
+        keeper.join()
+        _release_untried(sessions, model_id, claimed, stranded)
+    for stage in (claimer, writer, keeper):
         if stage.error is not None:
             raise stage.error
+
+
+def _forward(
+    sessions: sessionmaker[Session], embed: Callable[[list[str]], np.ndarray], batch: list[store.PendingChunk]
+) -> Isolated:
+    """The batch's vectors, with the chunks the model fails on set apart (`embed_isolating`)."""
+    try:
+        return embed_isolating(embed, [c.text for c in batch])
+    except Exception as exc:  # transient, or the model fails every text: the batch waits for its lease
+        _record_error(sessions, batch, exc)
+        raise
+
+
+def _write(session: Session, model_id: int, batch: list[store.PendingChunk], result: Isolated) -> int:
+    """Fail the documents of chunks the model failed on, write the other vectors; documents made ready."""
+    errors = {batch[i].chunk_id: f"{type(e).__name__}: {e}"[:500] for i, e in result.failed.items()}
+    failed = states.fail_embedding(session, errors)
+    for document_id, reason in failed.items():
+        log.warning("document %d failed: %s", document_id, reason)
+    keep = [j for j, i in enumerate(result.ok) if batch[i].document_id not in failed]
+    if not keep or result.vectors is None:
+        return 0
+    ids = [batch[result.ok[j]].chunk_id for j in keep]
+    return store.write_embeddings(session, model_id, ids, result.vectors[keep])
+
+
+def _record_error(sessions: sessionmaker[Session], batch: list[store.PendingChunk], exc: BaseException) -> None:
+    """Best effort: the error becomes the documents' last error (the reason if their attempts run out)."""
+    try:
+        with sessions.begin() as session:
+            ids = sorted({c.document_id for c in batch})
+            states.record_embed_error(session, ids, f"embedding: {type(exc).__name__}: {exc}")
+    except SQLAlchemyError as err:
+        log.warning("could not record the embedding error %r: %s", exc, err)
+
+
+def _release_untried(
+    sessions: sessionmaker[Session], model_id: int, claimed: queue.Queue, untried: list[store.PendingChunk]
+) -> None:
+    """Give back batches claimed ahead that no forward pass tried (a drain stopped by an error)."""
+    while True:
+        try:
+            item = claimed.get_nowait()
+        except queue.Empty:
+            break
+        if item is not _DONE:
+            untried.extend(item)
+    if untried:
+        try:
+            with sessions.begin() as session:
+                store.release_chunks(session, model_id, untried)
+        except SQLAlchemyError as err:  # their leases expire instead
+            log.warning("could not release %d claimed chunks: %s", len(untried), err)
+
+
+class HeldLeases:
+    """The chunk claims a drain holds (claimed, not yet written), renewed every `lease_s / 3` seconds.
+
+    Batches wait behind up to `depth` forward passes (a 65,536-token batch can take minutes on a slow
+    CPU), so without renewal a healthy drain's leases could expire and its chunks count a failed
+    attempt. A batch held longer than `max_hold_s` (a hung forward pass) is no longer renewed.
+    """
+
+    def __init__(self, sessions: sessionmaker[Session], model_id: int, *, lease_s: float, max_hold_s: float) -> None:
+        self.sessions = sessions
+        self.model_id = model_id
+        self.lease_s = lease_s
+        self.max_hold_s = max_hold_s
+        self.renewals = 0  # rows whose lease was extended, summed over ticks
+        self._lock = threading.Lock()
+        self._held: dict[int, tuple[float, list[store.PendingChunk]]] = {}
+
+    def add(self, batch: list[store.PendingChunk]) -> None:
+        if batch:
+            with self._lock:
+                self._held[id(batch)] = (time.monotonic(), batch)
+
+    def discard(self, batch: list[store.PendingChunk]) -> None:
+        with self._lock:
+            self._held.pop(id(batch), None)
+
+    def keep(self, stop: threading.Event) -> None:
+        """Renew until `stop` is set (the drain's fourth thread); a failed renewal is tried next tick."""
+        while not stop.wait(self.lease_s / 3):
+            now = time.monotonic()
+            with self._lock:
+                due = [c for since, b in self._held.values() if now - since < self.max_hold_s for c in b]
+            if not due:
+                continue
+            try:
+                with self.sessions.begin() as session:
+                    self.renewals += store.renew_chunk_leases(session, self.model_id, due, lease_s=self.lease_s)
+            except SQLAlchemyError as err:
+                log.warning("could not renew the leases of %d chunks: %s", len(due), err)
 
 
 def padded_slots(token_counts: list[int], micro_batch_tokens: int) -> int:

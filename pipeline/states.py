@@ -2,7 +2,7 @@
 
 A document row is one version of a source key in a collection:
 
-    queued → parsing → embedding → ready      (failed from parsing, or at ingest)
+    queued → parsing → embedding → ready      (failed from parsing, embedding, or at ingest)
        ↑        │ lease expired / retryable
        └────────┘
 
@@ -36,6 +36,8 @@ __all__ = [
     "claim_for_parse",
     "embedded_to_ready",
     "fail_claimed",
+    "fail_embed_exhausted",
+    "fail_embedding",
     "fail_exhausted",
     "finish_parse",
     "hand_claim",
@@ -45,6 +47,7 @@ __all__ = [
     "lock_source_keys",
     "mark_ready",
     "promote",
+    "record_embed_error",
     "release_claimed",
     "renew_claim",
     "requeue_failed",
@@ -284,6 +287,89 @@ def embedded_to_ready(session: Session, *, limit: int = 10_000) -> int:
         {"embedding": DocState.EMBEDDING, "l": limit},
     ).scalars()
     return mark_ready(session, list(ids))
+
+
+def _fail_embedding_documents(session: Session, reasons: dict[int, str]) -> dict[int, str]:
+    """embedding → failed with these reasons; their chunks go (queue rows and vectors with them), like a
+    document that failed its parse, so no reindex or rechunk switch waits for them. Keys locked first."""
+    if not reasons:
+        return {}
+    lock_keys(session, list(reasons))
+    failed = list(
+        session.execute(
+            text(
+                "UPDATE documents d SET state = :failed, last_error = r.reason, lease_until = NULL, "
+                "updated_at = now() FROM unnest(CAST(:ids AS bigint[]), CAST(:reasons AS text[])) AS r(id, reason) "
+                "WHERE d.id = r.id AND d.state = :embedding RETURNING d.id"
+            ),
+            {
+                "ids": list(reasons),
+                "reasons": [r[:2000] for r in reasons.values()],
+                "failed": DocState.FAILED,
+                "embedding": DocState.EMBEDDING,
+            },
+        ).scalars()
+    )
+    if failed:
+        session.execute(text("DELETE FROM chunks WHERE document_id = ANY(:ids)"), {"ids": failed})
+    return {d: reasons[d][:2000] for d in failed}
+
+
+def fail_embedding(session: Session, errors: dict[int, str]) -> dict[int, str]:
+    """Documents in `embedding` with a chunk the model fails on (chunk id → error text) → failed; id → reason.
+
+    The reason names the error and the chunk (ordinal, pages). Chunks of documents in another state
+    (a ready document queued for a reindex) stay queued: their leases expire and their attempts run out.
+    """
+    if not errors:
+        return {}
+    rows = session.execute(
+        text(
+            "SELECT c.id, c.document_id, c.ordinal, c.page_start, c.page_end FROM chunks c "
+            "JOIN documents d ON d.id = c.document_id WHERE c.id = ANY(:ids) AND d.state = :embedding "
+            "ORDER BY c.document_id, c.ordinal"
+        ),
+        {"ids": list(errors), "embedding": DocState.EMBEDDING},
+    ).all()
+    found: dict[int, list[Any]] = {}
+    for r in rows:
+        found.setdefault(r.document_id, []).append(r)
+    reasons = {}
+    for doc, chunks in found.items():
+        c = chunks[0]
+        pages = f"page {c.page_start}" if c.page_start == c.page_end else f"pages {c.page_start}-{c.page_end}"
+        more = f" (and {len(chunks) - 1} more of its chunks)" if len(chunks) > 1 else ""
+        reasons[doc] = f"embedding failed on chunk {c.ordinal} ({pages}){more}: {errors[c.id]}"
+    return _fail_embedding_documents(session, reasons)
+
+
+def fail_embed_exhausted(
+    session: Session, *, max_attempts: int, model_id: int | None = None, limit: int = 10_000
+) -> dict[int, str]:
+    """Documents in `embedding` with an unleased queue row claimed `max_attempts` times → failed
+    (`RetryPolicy.gave_up`, with the last error a drain recorded); id → reason."""
+    rows = session.execute(
+        text(
+            "SELECT d.id, max(q.attempts) AS attempts, d.last_error FROM embedding_queue q "
+            "JOIN documents d ON d.id = q.document_id "
+            "WHERE q.attempts >= :max AND (q.lease_until IS NULL OR q.lease_until < now()) "
+            "AND (CAST(:m AS int) IS NULL OR q.model_id = :m) AND d.state = :embedding "
+            "GROUP BY d.id, d.last_error ORDER BY d.id LIMIT :limit"
+        ),
+        {"max": max_attempts, "m": model_id, "limit": limit, "embedding": DocState.EMBEDDING},
+    ).all()
+    reasons = {r.id: RetryPolicy.gave_up(r.attempts, r.last_error, lease_expired=r.last_error is None) for r in rows}
+    return _fail_embedding_documents(session, reasons)
+
+
+def record_embed_error(session: Session, document_ids: Sequence[int], error: str) -> None:
+    """Remember a transient embedding error on documents still in `embedding` (the reason if they give up)."""
+    if document_ids:
+        lock_keys(session, document_ids)
+        session.execute(
+            text("UPDATE documents SET last_error = :e WHERE id = ANY(:ids) AND state = :embedding"),
+            {"ids": list(document_ids), "e": error[:2000], "embedding": DocState.EMBEDDING},
+        )
 
 
 def fail_exhausted(

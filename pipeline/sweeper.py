@@ -21,7 +21,7 @@ from docpipe.retry import RetryPolicy
 class StaleWork:
     parse: list[int] = field(default_factory=list)  # document ids to enqueue for parsing
     embed_models: list[str] = field(default_factory=list)  # models with claimable pending chunks
-    failed: int = 0  # documents failed for running out of attempts
+    failed: int = 0  # documents failed for running out of attempts (parse claims and embed claims)
     switched: list[str] = field(default_factory=list)  # collections moved to their reindexed model
 
 
@@ -35,8 +35,11 @@ def find_stale_work(
     backlog is not a lost message.
     """
     out = StaleWork()
+    max_attempts = RetryPolicy.of(settings).max_attempts
+    with sessions.begin() as session:  # chunks whose claims ran out: drains died on them
+        out.failed = len(states.fail_embed_exhausted(session, max_attempts=max_attempts, limit=limit))
     with sessions.begin() as session:  # the same rule and reason as a worker's last attempt (RetryPolicy)
-        out.failed = len(states.fail_exhausted(session, max_attempts=RetryPolicy.of(settings).max_attempts))
+        out.failed += len(states.fail_exhausted(session, max_attempts=max_attempts))
         out.parse = list(
             session.execute(
                 text(
@@ -60,9 +63,10 @@ def find_stale_work(
             session.execute(
                 text(
                     "SELECT m.name FROM embedding_models m WHERE m.index_deferred OR EXISTS ("
-                    "  SELECT 1 FROM embedding_queue q WHERE q.model_id = m.id "
+                    "  SELECT 1 FROM embedding_queue q WHERE q.model_id = m.id AND q.attempts < :max "
                     "  AND (q.lease_until IS NULL OR q.lease_until < now()))"
-                )
+                ),
+                {"max": max_attempts},
             ).scalars()
         )
     with sessions.begin() as session:  # last chunks embedded by a batch that died before marking them

@@ -13,7 +13,15 @@ from docpipe import states
 from docpipe.chunk_context import embedded_text
 from docpipe.store.connection import raw_connection
 
-__all__ = ["PendingChunk", "claim_pending_chunks", "mark_ready", "model_row", "write_embeddings"]
+__all__ = [
+    "PendingChunk",
+    "claim_pending_chunks",
+    "mark_ready",
+    "model_row",
+    "release_chunks",
+    "renew_chunk_leases",
+    "write_embeddings",
+]
 
 
 @dataclass(frozen=True)
@@ -22,6 +30,7 @@ class PendingChunk:
     document_id: int
     text: str
     token_count: int
+    attempt: int = 0  # the row's `attempts` after this claim: fences renewals and releases of an older claim
 
 
 def model_row(session: Session, name: str) -> tuple[int, int] | None:
@@ -31,9 +40,18 @@ def model_row(session: Session, name: str) -> tuple[int, int] | None:
 
 
 def claim_pending_chunks(
-    session: Session, model_id: int, *, max_tokens: int, lease_s: int, max_rows: int = 4096
+    session: Session,
+    model_id: int,
+    *,
+    max_tokens: int,
+    lease_s: int,
+    max_rows: int = 4096,
+    max_attempts: int | None = None,
 ) -> list[PendingChunk]:
     """Lease pending chunks of one model across all documents, up to `max_tokens` tokens in total.
+
+    Every claim counts in the row's `attempts`; rows that reached `max_attempts` are not claimed
+    (`states.fail_embed_exhausted` fails their documents).
 
     The budget is filled round-robin over the documents among the first `max_rows` pending rows
     (each one's 1st chunk, then each one's 2nd, ...), so a huge document does not hold back the
@@ -44,6 +62,7 @@ def claim_pending_chunks(
             "WITH cand AS ("
             "  SELECT chunk_id, document_id, token_count FROM embedding_queue "
             "  WHERE model_id = :m AND (lease_until IS NULL OR lease_until < now()) "
+            "  AND (CAST(:max AS int) IS NULL OR attempts < :max) "
             "  ORDER BY chunk_id LIMIT :rows FOR UPDATE SKIP LOCKED"
             "), turns AS ("
             "  SELECT chunk_id, token_count, "
@@ -58,11 +77,46 @@ def claim_pending_chunks(
             "   attempts = q.attempts + 1 "
             "FROM picked p, chunks c "
             "WHERE q.model_id = :m AND q.chunk_id = p.chunk_id AND c.id = q.chunk_id "
-            "RETURNING q.chunk_id, q.document_id, c.context, c.text, q.token_count"
+            "RETURNING q.chunk_id, q.document_id, c.context, c.text, q.token_count, q.attempts"
         ),
-        {"m": model_id, "rows": max_rows, "budget": max_tokens, "lease": lease_s},
+        {"m": model_id, "rows": max_rows, "budget": max_tokens, "lease": lease_s, "max": max_attempts},
     ).all()
-    return [PendingChunk(r.chunk_id, r.document_id, embedded_text(r.context, r.text), r.token_count) for r in rows]
+    return [
+        PendingChunk(r.chunk_id, r.document_id, embedded_text(r.context, r.text), r.token_count, r.attempts)
+        for r in rows
+    ]
+
+
+def _claims(chunks: Sequence[PendingChunk]) -> dict[str, list[int]]:
+    return {"ids": [c.chunk_id for c in chunks], "att": [c.attempt for c in chunks]}
+
+
+def renew_chunk_leases(session: Session, model_id: int, chunks: Sequence[PendingChunk], *, lease_s: float) -> int:
+    """Extend these claims' leases to `lease_s` seconds from now (rows still under the same claim); how many."""
+    if not chunks:
+        return 0
+    return session.execute(
+        text(
+            "UPDATE embedding_queue q SET lease_until = now() + make_interval(secs => :l) "
+            "FROM unnest(CAST(:ids AS bigint[]), CAST(:att AS int[])) AS h(chunk_id, attempts) "
+            "WHERE q.model_id = :m AND q.chunk_id = h.chunk_id AND q.attempts = h.attempts"
+        ),
+        {"m": model_id, "l": lease_s, **_claims(chunks)},
+    ).rowcount
+
+
+def release_chunks(session: Session, model_id: int, chunks: Sequence[PendingChunk]) -> int:
+    """Give back claims never tried (a drain stopping early): claimable now, and the claim not counted."""
+    if not chunks:
+        return 0
+    return session.execute(
+        text(
+            "UPDATE embedding_queue q SET lease_until = NULL, attempts = q.attempts - 1 "
+            "FROM unnest(CAST(:ids AS bigint[]), CAST(:att AS int[])) AS h(chunk_id, attempts) "
+            "WHERE q.model_id = :m AND q.chunk_id = h.chunk_id AND q.attempts = h.attempts"
+        ),
+        {"m": model_id, **_claims(chunks)},
+    ).rowcount
 
 
 def write_embeddings(session: Session, model_id: int, chunk_ids: Sequence[int], vectors: np.ndarray) -> int:

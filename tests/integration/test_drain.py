@@ -11,6 +11,7 @@ from sqlalchemy import text
 from docpipe import store
 from docpipe.config import EmbedConfig, Settings, WorkerConfig
 from docpipe.drain import embed_pending
+from docpipe.errors import RetryableError
 from docpipe.types import Chunk
 
 DIM = 4
@@ -71,11 +72,11 @@ def test_a_failing_forward_pass_propagates_and_loses_nothing(sessions) -> None:
     def flaky(texts: list[str]) -> np.ndarray:
         nonlocal calls
         calls += 1
-        if calls == 2:
-            raise RuntimeError("device lost")
+        if calls == 2:  # transient: the whole batch waits for its lease (a non-transient one is isolated)
+            raise RetryableError("device lost")
         return fake_embed(texts)
 
-    with pytest.raises(RuntimeError, match="device lost"):
+    with pytest.raises(RetryableError, match="device lost"):
         embed_pending(MODEL, sessions=sessions, embed=flaky, settings=settings(max_batch_tokens=100))
     with sessions.begin() as s:  # the lease of the failed batch expires (as the sweeper would wait for)
         s.execute(text("UPDATE embedding_queue SET lease_until = now() - interval '1 s'"))
