@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -167,8 +168,10 @@ def switch_rechunked(session: Session) -> list[str]:
                 session.execute(text(f"SET LOCAL lock_timeout = '{SWITCH_LOCK_TIMEOUT}'"))
                 new_twins = twin_missing(session, shadow.rechunk_of, shadow.id)  # versions ingested since first
                 waiting = new_twins or session.execute(text(_NOT_READY_TWINS), params).scalar()
+                started = time.perf_counter()
                 if not waiting and _switch(session, params):
                     switched.append(shadow.name)
+                    log.info("rechunked collection %s switched in %.3f s", shadow.name, time.perf_counter() - started)
                 session.execute(text("SET LOCAL lock_timeout = DEFAULT"))
         except (OperationalError, IntegrityError) as err:  # a worker held a row too long; a concurrent switch
             log.info("rechunk switch of %s postponed: %s", shadow.name, err.orig)
