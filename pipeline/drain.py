@@ -190,6 +190,7 @@ def _run_stages(
             if not _offer(claimed, batch, stop):
                 stranded.extend(batch)
                 break
+            held.settle(batch, lambda: not stop.is_set() and writer.is_alive())
             count += 1
         _offer(claimed, _DONE, stop)
 
@@ -305,6 +306,7 @@ class HeldLeases:
         self.max_hold_s = max_hold_s
         self.renewals = 0  # rows whose lease was extended, summed over ticks
         self._lock = threading.Lock()
+        self._written = threading.Condition(self._lock)
         self._held: dict[int, tuple[float, list[store.PendingChunk]]] = {}
 
     def add(self, batch: list[store.PendingChunk]) -> None:
@@ -313,8 +315,21 @@ class HeldLeases:
                 self._held[id(batch)] = (time.monotonic(), batch)
 
     def discard(self, batch: list[store.PendingChunk]) -> None:
-        with self._lock:
+        with self._written:
             self._held.pop(id(batch), None)
+            self._written.notify_all()
+
+    def settle(self, batch: list[store.PendingChunk], alive: Callable[[], bool]) -> None:
+        """A suspect (a chunk claimed before, alone): wait until it is written, while `alive()`, so nothing
+        is claimed ahead of it. A chunk that kills its worker then takes no other claim down with it."""
+        if batch[0].attempt > 1:
+            while not self.wait_written(batch, 0.5) and alive():
+                pass
+
+    def wait_written(self, batch: list[store.PendingChunk], timeout_s: float) -> bool:
+        """True once `batch` is no longer held (written, or its documents failed); False after `timeout_s`."""
+        with self._written:
+            return self._written.wait_for(lambda: id(batch) not in self._held, timeout_s)
 
     def keep(self, stop: threading.Event) -> None:
         """Renew until `stop` is set (the drain's fourth thread); a failed renewal is tried next tick."""

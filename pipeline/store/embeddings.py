@@ -51,7 +51,9 @@ def claim_pending_chunks(
     """Lease pending chunks of one model across all documents, up to `max_tokens` tokens in total.
 
     Every claim counts in the row's `attempts`; rows that reached `max_attempts` are not claimed
-    (`states.fail_embed_exhausted` fails their documents).
+    (`states.fail_embed_exhausted` fails their documents). A row claimed before and still here (its
+    drain died or gave up on the batch) is a suspect: it is claimed alone, ahead of fresh rows, so a
+    chunk that kills its worker does not take the same batch-mates down again.
 
     The budget is filled round-robin over the documents among the first `max_rows` pending rows
     (each one's 1st chunk, then each one's 2nd, ...), so a huge document does not hold back the
@@ -60,18 +62,22 @@ def claim_pending_chunks(
     rows = session.execute(
         text(
             "WITH cand AS ("
-            "  SELECT chunk_id, document_id, token_count FROM embedding_queue "
+            "  SELECT chunk_id, document_id, token_count, attempts FROM embedding_queue "
             "  WHERE model_id = :m AND (lease_until IS NULL OR lease_until < now()) "
             "  AND (CAST(:max AS int) IS NULL OR attempts < :max) "
             "  ORDER BY chunk_id LIMIT :rows FOR UPDATE SKIP LOCKED"
+            "), fresh AS (SELECT * FROM cand WHERE attempts = 0"
             "), turns AS ("
             "  SELECT chunk_id, token_count, "
-            "         row_number() OVER (PARTITION BY document_id ORDER BY chunk_id) AS turn FROM cand"
+            "         row_number() OVER (PARTITION BY document_id ORDER BY chunk_id) AS turn FROM fresh"
             "), budget AS ("
             "  SELECT chunk_id, sum(greatest(token_count, 1)) OVER (ORDER BY turn, chunk_id) AS running FROM turns"
             "), picked AS ("
-            "  SELECT chunk_id FROM budget WHERE running <= :budget "
-            "  UNION SELECT min(chunk_id) FROM cand"  # at least one, even if it alone is over budget
+            "  SELECT min(chunk_id) AS chunk_id FROM cand WHERE attempts > 0 "  # a suspect, alone
+            "  UNION ALL SELECT chunk_id FROM ("
+            "    SELECT chunk_id FROM budget WHERE running <= :budget "
+            "    UNION SELECT min(chunk_id) FROM fresh"  # at least one, even if it alone is over budget
+            "  ) f WHERE NOT EXISTS (SELECT 1 FROM cand WHERE attempts > 0)"
             ") "
             "UPDATE embedding_queue q SET lease_until = now() + make_interval(secs => :lease), "
             "   attempts = q.attempts + 1 "

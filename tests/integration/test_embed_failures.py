@@ -84,6 +84,17 @@ def expire_leases(sessions, mid: int) -> None:
         )
 
 
+def claim_all(sessions, mid: int) -> list[store.PendingChunk]:
+    """Every claimable row, claimed as a drain would (suspects one at a time, then fresh batches)."""
+    out: list[store.PendingChunk] = []
+    while True:
+        with sessions.begin() as s:
+            batch = store.claim_pending_chunks(s, mid, max_tokens=10_000, lease_s=300, max_attempts=3)
+        if not batch:
+            return out
+        out.extend(batch)
+
+
 def test_a_chunk_the_model_fails_on_fails_its_document_and_its_batch_mates_end_ready(sessions) -> None:
     model = "test/poison-4d"
     texts = [[f"doc {i} chunk {j}" for j in range(5)] for i in range(6)]
@@ -161,8 +172,7 @@ def test_claims_that_run_out_fail_the_document_after_max_attempts(sessions) -> N
     mid = model_id(sessions, model)
     cfg = settings(max_attempts=3)
     for attempt in (1, 2, 3):
-        with sessions.begin() as s:
-            batch = store.claim_pending_chunks(s, mid, max_tokens=10_000, lease_s=300, max_attempts=3)
+        batch = claim_all(sessions, mid)
         assert {c.attempt for c in batch} == {attempt} and len(batch) == (4 if attempt < 3 else 3)
         if attempt == 2:  # doc three's chunk was embedded on the second try; docs one and two keep dying
             with sessions.begin() as s:
@@ -297,3 +307,57 @@ def test_a_slow_drain_keeps_every_claim_it_holds(sessions) -> None:
     stats = embed_pending(model, sessions=sessions, embed=slow, settings=cfg)
     assert stats.batches == 4 and stats.chunks == 12
     assert expired == [0, 0, 0, 0]  # the 4th batch waited ~6 s on a 3 s lease
+
+
+class Killed(BaseException):
+    """Stands in for the process dying mid-batch (segfault, OOM kill): nothing in the drain handles it."""
+
+
+def test_a_chunk_that_kills_its_worker_fails_alone_and_its_batch_mates_end_ready(sessions) -> None:
+    model = "test/killer-4d"
+    texts = [[f"d{i} c{j}" + (f" {POISON}" if (i, j) == (1, 1) else "") for j in range(3)] for i in range(4)]
+    ids = seed(sessions, model, "killer", texts)
+    mid = model_id(sessions, model)
+    cfg = settings(max_attempts=3)
+
+    def deadly(batch: list[str]) -> np.ndarray:
+        if any(POISON in t for t in batch):
+            raise Killed
+        return fake_embed(batch)
+
+    deaths = 0
+    for _ in range(6):
+        try:
+            embed_pending(model, sessions=sessions, embed=deadly, settings=cfg)
+        except Killed:
+            deaths += 1
+            expire_leases(sessions, mid)  # the sweeper finds the dead drain's claims after their lease
+            continue
+        break
+    assert deaths == 3  # the first batch, then the killer alone twice: its batch-mates were re-tried singly
+    states = doc_rows(sessions, ids)
+    assert states.pop(ids[1]) == (
+        "failed",
+        "gave up after 3 attempts; last error: none recorded; "
+        "the last attempt's worker died or timed out (lease expired)",
+    )
+    assert states == {d: ("ready", None) for d in ids if d != ids[1]}
+
+
+def test_a_suspect_is_claimed_alone_before_fresh_rows(sessions) -> None:
+    model = "test/suspect-4d"
+    seed(sessions, model, "suspect", [["a1", "a2"], ["b1", "b2"]])
+    mid = model_id(sessions, model)
+    with sessions.begin() as s:
+        first = store.claim_pending_chunks(s, mid, max_tokens=25, lease_s=300)  # 2 of the 4
+    expire_leases(sessions, mid)
+    claims = []
+    while True:
+        with sessions.begin() as s:
+            batch = store.claim_pending_chunks(s, mid, max_tokens=10_000, lease_s=300)
+        if not batch:
+            break
+        claims.append(sorted((c.chunk_id, c.attempt) for c in batch))
+    suspects = sorted(c.chunk_id for c in first)
+    assert claims[:2] == [[(suspects[0], 2)], [(suspects[1], 2)]]  # one at a time, before the fresh rows
+    assert len(claims) == 3 and [a for _, a in claims[2]] == [1, 1]  # the fresh ones together
