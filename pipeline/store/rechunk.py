@@ -234,7 +234,14 @@ def _switch(session: Session, params: dict[str, Any]) -> bool:
     session.execute(text("UPDATE documents SET collection_id = :c WHERE id = ANY(:twin)"), {**params, **move})
     # The twins' postings, df deltas and BM25 statistics become the collection's.
     session.execute(text("UPDATE chunk_terms SET collection_id = :c WHERE collection_id = :s"), params)
-    session.execute(text("UPDATE chunk_term_df SET collection_id = :c WHERE collection_id = :s"), params)
+    session.execute(  # the df deltas move folded: one row per lexeme
+        text(
+            "WITH gone AS (DELETE FROM chunk_term_df WHERE collection_id = :s RETURNING lexeme, chunks) "
+            "INSERT INTO chunk_term_df (collection_id, lexeme, chunks) "
+            "SELECT :c, lexeme, sum(chunks) FROM gone GROUP BY lexeme HAVING sum(chunks) <> 0"
+        ),
+        params,
+    )
     session.execute(
         text(
             "INSERT INTO bm25_stats AS b (collection_id, chunks, terms) "
