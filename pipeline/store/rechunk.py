@@ -80,6 +80,11 @@ def start_rechunk(session: Session, collection_id: int, chunking: dict[str, Any]
         session.execute(text("DELETE FROM collections WHERE id = :s"), {"s": shadow.id})  # cascades its twins
         shadow = None
     if shadow is None:
+        taken = session.execute(
+            text("SELECT 1 FROM collections WHERE name = :n"), {"n": shadow_name(collection_id)}
+        ).first()
+        if taken:
+            raise ConfigError(f"a collection named {shadow_name(collection_id)!r} exists: rename it to rechunk")
         shadow_id = session.execute(
             text(
                 "INSERT INTO collections (name, model_id, text_config, bm25_k1, bm25_b, chunking, rechunk_of) "

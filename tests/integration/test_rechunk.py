@@ -306,6 +306,10 @@ def test_rechunk_with_a_new_model_switches_both_and_refuses_a_second_reindex(ses
     assert searchable(sessions, collection, dim=4) == chunk_sets(collection, bodies, NEW)
     with sessions.begin() as s, pytest.raises(ConfigError, match="already chunked"):
         store.start_rechunk(s, collection.id, NEW, None)
+    with sessions.begin() as s:  # a user collection holding the working copy's name
+        store.ensure_collection(s, f"rechunk.{collection.id}", model="test/rechunk-8d", dim=DIM)
+    with sessions.begin() as s, pytest.raises(ConfigError, match="exists: rename it"):
+        store.start_rechunk(s, collection.id, OLD, None)
 
 
 def test_a_parse_during_a_reindex_names_both_models_to_wake(sessions, minilm_dir, tmp_path) -> None:
