@@ -168,7 +168,8 @@ def status(as_json: Annotated[bool, typer.Option("--json")] = False, data_dir: D
     for name, row in info.items():
         states = " ".join(f"{k}={v}" for k, v in sorted(row["documents"].items()))
         problems = f"{row['problems']} ({row['no_text']} without text)" if row["problems"] else "0"
-        table.add_row(safe(name), safe(row["model"]), states, problems, str(row["chunks"]), str(row["embeddings"]))
+        embeddings = str(row["embeddings"]) + (" (index rebuilding: exact scans)" if row["index_deferred"] else "")
+        table.add_row(safe(name), safe(row["model"]), states, problems, str(row["chunks"]), embeddings)
     Console().print(table)
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import logging
 import re
 import time
 from collections.abc import Iterable, Sequence
@@ -34,6 +35,7 @@ from docpipe.task_queue import TaskQueue, load_task_queue
 __all__ = ["Client", "FailedDocument", "Hit", "Job"]
 
 INGEST_TX_BYTES = 256 * 2**20  # bytes stored per transaction before its documents are enqueued
+log = logging.getLogger(__name__)
 COLLECTION_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")  # the schema's CHECK, said early and clearly
 
 
@@ -177,6 +179,7 @@ class Client(LifecycleOps):
         self.sessions = make_sessionmaker(self.engine)
         self._task_queue = task_queue
         self._embedders: dict[str, Any] = {}
+        self._said_exact: set[str] = set()  # collections whose exact-scan search (deferred index) was logged
         self._background = ThreadPoolExecutor(max_workers=4, thread_name_prefix="docpipe-search")  # BM25 sides
 
     @property
@@ -345,6 +348,7 @@ class Client(LifecycleOps):
             coll = store.get_collection(session, collection)
             if coll is None:
                 raise ConfigError(f"unknown collection: {collection!r}")
+            self._say_if_exact(coll, mode)
             keyword = None
             if mode == "hybrid":
                 keyword = self._background.submit(
@@ -365,6 +369,17 @@ class Client(LifecycleOps):
             if group_by == "document":
                 hits = group_by_document(hits)
         return hits[:k]
+
+    def _say_if_exact(self, coll: store.CollectionInfo, mode: SearchMode) -> None:
+        """Log once per collection, while its model's HNSW index is dropped for a bulk load, that searches scan."""
+        if not coll.index_deferred:
+            self._said_exact.discard(coll.name)
+        elif mode != "text" and coll.name not in self._said_exact:
+            self._said_exact.add(coll.name)
+            log.warning(
+                "collection %r: the HNSW index of %s is being rebuilt after a bulk load; vector search scans "
+                "exactly until it is built (docpipe status)", coll.name, coll.model,
+            )  # fmt: skip
 
     def _rerank(self, query: str, hits: list[Hit], *, timeout_s: float) -> list[Hit]:
         """`hits` re-ordered by the cross-encoder on the rerank queue; `score` becomes its score."""

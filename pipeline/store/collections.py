@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 from dataclasses import dataclass
 from typing import Any
 
@@ -12,8 +13,11 @@ from sqlalchemy.orm import Session
 from docpipe.config import SearchConfig
 from docpipe.errors import ConfigError
 
+log = logging.getLogger(__name__)
+
 __all__ = [
     "CollectionInfo",
+    "collections_on_index",
     "create_hnsw_index",
     "defer_index_for_bulk_load",
     "ensure_collection",
@@ -55,8 +59,10 @@ def create_hnsw_index(session: Session, model_id: int, dim: int) -> None:
 def defer_index_for_bulk_load(session: Session, model_id: int, *, min_pending: int) -> bool:
     """Drop the model's HNSW index when its pending chunks outnumber `min_pending` and what is indexed.
 
-    Searches stay correct meanwhile (exact scans); `rebuild_deferred_index`
-    builds the index once the queue is empty. True when this call dropped it.
+    Kept while it serves a collection that is not loading (`collections_on_index`): a bulk load never
+    turns another collection's searches into exact scans. Searches of the loading collections stay
+    correct meanwhile (exact scans; `status` and `search` say so); `rebuild_deferred_index` builds the
+    index once the queue is empty. True when this call dropped it.
     """
     if min_pending <= 0:
         return False
@@ -68,13 +74,38 @@ def defer_index_for_bulk_load(session: Session, model_id: int, *, min_pending: i
     indexed = session.execute(text("SELECT count(*) FROM embeddings WHERE model_id = :m"), {"m": model_id}).scalar_one()
     if pending <= indexed:
         return False
+    if served := collections_on_index(session, model_id):
+        log.info("bulk load of %d chunks keeps the HNSW index of model %d: it serves %s", pending, model_id, served)
+        return False
     won = session.execute(
         text("UPDATE embedding_models SET index_deferred = true WHERE id = :m AND NOT index_deferred RETURNING id"),
         {"m": model_id},
     ).first()
     if won:
         session.execute(text(f"DROP INDEX IF EXISTS embeddings_hnsw_m{int(model_id)}"))
+        log.warning(
+            "bulk load of %d chunks: HNSW index of model %d dropped, rebuilt when the queue is empty; "
+            "searches of the loading collections scan exactly until then", pending, model_id,
+        )  # fmt: skip
     return won is not None
+
+
+def collections_on_index(session: Session, model_id: int) -> list[str]:
+    """Searchable collections whose vectors of `model_id` the HNSW index serves and that have nothing queued
+    for it: the ones a bulk load elsewhere must not slow down."""
+    return list(
+        session.execute(
+            text(
+                "SELECT c.name FROM collections c WHERE c.model_id = :m AND c.rechunk_of IS NULL "
+                "AND NOT EXISTS (SELECT 1 FROM documents d JOIN embedding_queue q ON q.document_id = d.id "
+                "                WHERE d.collection_id = c.id AND q.model_id = :m) "
+                "AND EXISTS (SELECT 1 FROM documents d JOIN chunks ch ON ch.document_id = d.id "
+                "            JOIN embeddings e ON e.chunk_id = ch.id AND e.model_id = :m WHERE d.collection_id = c.id) "
+                "ORDER BY c.name"
+            ),
+            {"m": model_id},
+        ).scalars()
+    )
 
 
 def rebuild_deferred_index(session: Session, model_id: int) -> bool:
@@ -105,19 +136,23 @@ class CollectionInfo:
     dim: int
     text_config: str = "english"  # Postgres text search configuration of its keyword index
     chunking: dict | None = None  # chunker settings recorded at creation (None: created before they were)
+    index_deferred: bool = False  # its model's HNSW index is dropped for a bulk load: vector search scans exactly
 
 
 def get_collection(session: Session, name: str) -> CollectionInfo | None:
     row = session.execute(
         text(
-            "SELECT c.id, c.name, c.model_id, m.name AS model, m.dim, c.text_config::text AS text_config, c.chunking "
+            "SELECT c.id, c.name, c.model_id, m.name AS model, m.dim, c.text_config::text AS text_config, c.chunking, "
+            "m.index_deferred "
             "FROM collections c JOIN embedding_models m ON m.id = c.model_id WHERE c.name = :n"
         ),
         {"n": name},
     ).first()
     if row is None:
         return None
-    return CollectionInfo(row.id, row.name, row.model_id, row.model, row.dim, row.text_config, row.chunking)
+    return CollectionInfo(
+        row.id, row.name, row.model_id, row.model, row.dim, row.text_config, row.chunking, row.index_deferred
+    )
 
 
 def ensure_collection(

@@ -192,10 +192,11 @@ def problems(session: Session, collection: str | None, *, limit: int = 1000) -> 
 
 
 def collection_status(session: Session, collection: str | None) -> dict[str, dict[str, Any]]:
-    """Per collection: model, documents per state, `no_text` (ready without chunks), chunks, vectors, re-embed/chunk."""
+    """Per collection: model, documents per state, `no_text` (ready without chunks), chunks, vectors, whether
+    the vector index is deferred for a bulk load, re-embed/chunk."""
     rows = session.execute(
         text(
-            "SELECT c.name, m.name AS model, n.name AS next_model, "
+            "SELECT c.name, m.name AS model, m.index_deferred, n.name AS next_model, "
             "  (SELECT json_object_agg(state, n) FROM (SELECT state, count(*) n FROM documents "
             "     WHERE collection_id = c.id GROUP BY state) s) AS states, "
             "  (SELECT count(*) FROM documents WHERE collection_id = c.id AND state = :ready "
@@ -224,6 +225,7 @@ def collection_status(session: Session, collection: str | None) -> dict[str, dic
             "problems": int(r.no_text) + int(docs.get(states.DocState.FAILED, 0)) + int(r.rechunk_failed),
             "chunks": r.chunks,
             "embeddings": r.embeddings,
+            "index_deferred": r.index_deferred,  # HNSW index dropped for a bulk load: vector search scans exactly
             "reindexing_to": r.next_model,  # None unless a reindex runs (client.reindex_status: progress)
             "rechunking_to": r.rechunk,  # chunker settings a rechunk is applying, or None
         }

@@ -24,10 +24,10 @@ def fake_embed(texts: list[str]) -> np.ndarray:
     return out / np.linalg.norm(out, axis=1, keepdims=True)
 
 
-def seed(sessions, name: str, docs: int, chunks_per_doc: int) -> list[int]:
+def seed(sessions, name: str, docs: int, chunks_per_doc: int, *, model: str = MODEL) -> list[int]:
     ids = []
     with sessions.begin() as s:
-        coll = store.ensure_collection(s, name, model=MODEL, dim=DIM)
+        coll = store.ensure_collection(s, name, model=model, dim=DIM)
         rows = store.insert_documents(
             s,
             coll.id,
@@ -116,15 +116,20 @@ def test_bulk_load_drops_the_index_and_rebuilds_it_when_drained(sessions) -> Non
             store.save_chunks(s, doc, [Chunk(j, f"bulk {doc_id} {j}", 8, 1, 1) for j in range(10)], page_count=1)
     assert hnsw_index_exists(sessions, bulk_model)
     seen_during: list[bool] = []
+    said: list[bool] = []
 
     def watching_embed(texts: list[str]) -> np.ndarray:
         seen_during.append(hnsw_index_exists(sessions, bulk_model))
+        with sessions.begin() as s:  # said where a user looks
+            said.append(store.collection_status(s, "drain-bulk")["drain-bulk"]["index_deferred"])
+            said.append(store.get_collection(s, "drain-bulk").index_deferred)
         return fake_embed(texts)
 
     cfg = Settings(embed=EmbedConfig(max_batch_tokens=100, bulk_load_chunks=20), worker=WorkerConfig(lease_s=300))
     stats = embed_pending(bulk_model, sessions=sessions, embed=watching_embed, settings=cfg)
     assert stats.index_deferred and stats.chunks == 40
     assert seen_during and not any(seen_during)  # loaded without the index
+    assert said and all(said)
     assert hnsw_index_exists(sessions, bulk_model) and stats.index_build_s > 0
     with sessions.begin() as s:
         assert not s.execute(
@@ -134,3 +139,25 @@ def test_bulk_load_drops_the_index_and_rebuilds_it_when_drained(sessions) -> Non
             text("SELECT count(*) FROM docpipe_search(CAST(:v AS vector), 'drain-bulk', 5)"), {"v": "[1,0,0,0]"}
         ).scalar()
     assert hits == 5
+
+
+def test_bulk_load_keeps_the_index_another_collection_searches_with(sessions) -> None:
+    shared = "test/bulk-shared-4d"
+    seed(sessions, "bulk-served", docs=2, chunks_per_doc=3, model=shared)
+    cfg = Settings(embed=EmbedConfig(max_batch_tokens=100, bulk_load_chunks=20), worker=WorkerConfig(lease_s=300))
+    assert not embed_pending(shared, sessions=sessions, embed=fake_embed, settings=cfg).index_deferred  # 6 < 20
+    seed(sessions, "bulk-loading", docs=4, chunks_per_doc=10, model=shared)  # 40 pending > 6 indexed
+    with sessions.begin() as s:
+        model_id = store.get_collection(s, "bulk-loading").model_id
+        assert store.collections_on_index(s, model_id) == ["bulk-served"]
+    seen_during: list[bool] = []
+
+    def watching_embed(texts: list[str]) -> np.ndarray:
+        seen_during.append(hnsw_index_exists(sessions, shared))
+        return fake_embed(texts)
+
+    stats = embed_pending(shared, sessions=sessions, embed=watching_embed, settings=cfg)
+    assert stats.chunks == 40 and not stats.index_deferred
+    assert seen_during and all(seen_during)  # bulk-served's searches never lost the index
+    with sessions.begin() as s:
+        assert not store.collection_status(s, "bulk-served")["bulk-served"]["index_deferred"]
