@@ -20,7 +20,7 @@ from docpipe.chunk import ChunkTokenizer, chunk_document, chunk_tokenizer
 from docpipe.config import Settings, TokenChunker
 from docpipe.errors import PermanentError, RetryableError
 from docpipe.lease import LeaseKeeper
-from docpipe.parse import IMAGES, PDF, SandboxedParser, normalize_media_type, with_page_range
+from docpipe.parse import IMAGES, PDF, SandboxedParser, StoredBytes, normalize_media_type, with_page_range
 from docpipe.retry import RetryPolicy
 from docpipe.types import ParsedDocument
 
@@ -177,9 +177,12 @@ def _parse_claimed(
     splittable = split > 0 and (kind == PDF or (kind in IMAGES and ocr_on))
     budget = settings.ocr.split_pages if splittable and ocr_on else None
     try:
-        parsed = parser.parse(
-            doc.content, with_page_range(kind, 1, split) if splittable else doc.media_type, ocr_budget=budget
-        )
+        if splittable:  # the child keeps the bytes for the ranges this process parses next
+            parsed = parser.parse(
+                StoredBytes(doc.content_key, lambda: doc.content), with_page_range(kind, 1, split), ocr_budget=budget
+            )
+        else:
+            parsed = parser.parse(doc.content, doc.media_type)
         ranges = _rest_of(parsed, settings, split) if splittable else []
         if ranges:
             with sessions.begin() as session:
@@ -270,7 +273,7 @@ def parse_part(
     doc = work.claim
     try:
         parsed = parser.parse(
-            doc.content,
+            StoredBytes(doc.content_key, lambda: _stored_content(sessions, doc.id)),  # read when not held
             with_page_range(doc.media_type, work.page_start, work.page_end),
             # resumed: its range was cut to its budget when first parsed; reading all of it drops no page
             ocr_budget=None if resumed or settings.ocr.mode == "off" else settings.ocr.split_pages,
@@ -315,5 +318,10 @@ def _resume_join(
         ):
             return ParseOutcome(document_id, "failed", reason=gave_up[document_id])
         return None
-    claim = store.load_claim(session, document_id, row.attempts, with_content=True)
+    claim = store.load_claim(session, document_id, row.attempts, with_content=False)
     return store.PartToParse(claim, row.page_start, row.page_end) if claim else None
+
+
+def _stored_content(sessions: sessionmaker[Session], document_id: int) -> bytes:
+    with sessions.begin() as session:
+        return store.document_content(session, document_id)

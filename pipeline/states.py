@@ -143,7 +143,7 @@ def claim_for_parse(
             "WHERE d.id = :id AND c.id = d.collection_id AND (d.state = :queued "
             "   OR (d.state = :parsing AND (d.lease_until < now() OR d.claimed_by = :token))) "
             "AND (CAST(:max AS int) IS NULL OR d.attempts < :max) "
-            "RETURNING d.id, d.collection_id, d.source, d.media_type, d.content, d.attempts, "
+            "RETURNING d.id, d.collection_id, d.source, d.media_type, d.content, d.sha256, d.attempts, "
             "   c.model_id, (SELECT name FROM embedding_models WHERE id = c.model_id) AS model, c.chunking, "
             "   (SELECT name FROM embedding_models WHERE id = c.next_model_id) AS next_model"
         ),

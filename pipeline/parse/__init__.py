@@ -25,7 +25,7 @@ from docpipe.parse.media import (
     page_range,
     with_page_range,
 )
-from docpipe.parse.sandbox import SandboxedParser
+from docpipe.parse.sandbox import SandboxedParser, StoredBytes
 from docpipe.types import ParsedDocument
 
 if TYPE_CHECKING:
@@ -36,6 +36,7 @@ __all__ = [
     "PDF",
     "SUPPORTED_MEDIA_TYPES",
     "SandboxedParser",
+    "StoredBytes",
     "detect_media_type",
     "normalize_media_type",
     "parse_bytes",

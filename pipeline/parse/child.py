@@ -83,17 +83,27 @@ def _set_limits(memory_mb: int) -> None:
 
 def serve(requests: int, replies: int) -> None:
     """Answer requests until the parent closes its end."""
+    held: tuple[str, bytes] | None = None  # (key, bytes) a request asked to keep for the next ones
     while (raw_header := read_frame(requests)) is not None:
         header = json.loads(raw_header)
+        if header.get("held") is None:
+            held = None  # before reading new bytes: only one document is kept
         try:
             data = read_frame(requests) or b""
         except MemoryError:  # the document alone does not fit under the limit
             write_all(replies, frame(encode_json({"error": OUT_OF_MEMORY, "message": ""})))
             return
+        if header.get("held") is not None:
+            if held is None or held[0] != header["held"]:  # the parent tracks what we hold: never here
+                write_all(replies, frame(encode_json({"error": "ParserCrashed", "message": "bytes not held"})))
+                return
+            data = held[1]
         # Watchdog for an orphan: the parent kills us at timeout_s; SIGALRM's default action
         # ends a child whose parent died mid-document.
         signal.alarm(math.ceil(float(header["timeout_s"])) + _WATCHDOG_GRACE_S)
         reply = handle(header, data)
+        if header.get("hold") is not None:
+            held = (header["hold"], data)
         del data
         try:
             payload = encode_json(reply)

@@ -1,9 +1,11 @@
 """The sandbox wire format: length-prefixed frames of JSON or raw bytes over pipes (no pickle).
 
 A request is two frames, a JSON header ``{"media_type", "max_pages", "timeout_s", "ocr",
-"ocr_budget"}`` (``ocr``: the OCR settings or null) then the
-document's bytes. A reply is one JSON frame: ``{"ok": <document>}`` or
-``{"error": <class name>, "message": <text>}``. The child sends ``{"ready": pid}`` once at start.
+"ocr_budget", "hold" | "held"}`` (``ocr``: the OCR settings or null) then the
+document's bytes. ``"hold": key`` asks the child to keep the bytes after replying; ``"held": key``
+sends none (an empty frame) and parses the bytes kept under that key. A reply is one JSON frame:
+``{"ok": <document>}`` or ``{"error": <class name>, "message": <text>}``. The child sends
+``{"ready": pid}`` once at start.
 """
 
 from __future__ import annotations

@@ -17,6 +17,7 @@ import threading
 import time
 import weakref
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
 
@@ -47,6 +48,16 @@ def _without_credentials(environ: Mapping[str, str]) -> dict[str, str]:
     return {key: value for key, value in environ.items() if not any(part in key.upper() for part in secret)}
 
 
+@dataclass(frozen=True)
+class StoredBytes:
+    """A stored document's bytes, named by `key` and loaded only when the sandbox child does not hold
+    them yet: the page ranges of a split document cross the database and the pipe once per child,
+    not once per range."""
+
+    key: str
+    load: Callable[[], bytes]
+
+
 class _Timeout(Exception):
     """The child did not answer before the deadline."""
 
@@ -74,6 +85,7 @@ class _Child:
         self.memory_mb = limits.memory_mb
         self.owner_pid = os.getpid()
         self.documents = 0
+        self.held: str | None = None  # key of the StoredBytes the child keeps from its last request
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "docpipe.parse.child", "--memory-mb", str(limits.memory_mb)],
             stdin=subprocess.PIPE,
@@ -201,12 +213,14 @@ class SandboxedParser:
         self._lock = threading.Lock()
         self._child: _Child | None = None
 
-    def parse(self, data: bytes, media_type: str, *, ocr_budget: int | None = None) -> ParsedDocument:
+    def parse(self, data: bytes | StoredBytes, media_type: str, *, ocr_budget: int | None = None) -> ParsedDocument:
         """Parse ``data`` of ``media_type`` within ``limits``; raises a ``DocpipeError``.
 
+        ``StoredBytes`` stay in the child after the request, so the next request with the same key
+        sends and loads nothing (one document's bytes are kept; any other request drops them).
         ``ocr_budget`` (pages): a PDF range stops before OCR'ing more pages (``parsed_to`` says where)."""
-        if len(data) > self.limits.max_bytes:
-            raise TooLarge(f"document is {len(data)} bytes, more than the limit of {self.limits.max_bytes}")
+        if isinstance(data, bytes):
+            self._check_size(data)
         header = {
             "media_type": media_type,
             "max_pages": self.limits.max_pages,
@@ -228,15 +242,28 @@ class SandboxedParser:
             )
         return doc
 
-    def _exchange(self, header: dict[str, Any], data: bytes) -> dict[str, Any]:
+    def _check_size(self, data: bytes) -> None:
+        if len(data) > self.limits.max_bytes:
+            raise TooLarge(f"document is {len(data)} bytes, more than the limit of {self.limits.max_bytes}")
+
+    def _exchange(self, header: dict[str, Any], data: bytes | StoredBytes) -> dict[str, Any]:
         """One request/reply with the child; every way the child can fail ends it."""
         child = self._ready_child()
+        key = data.key if isinstance(data, StoredBytes) else None
+        if key is not None and child.held == key:
+            header, payload = {**header, "held": key}, b""
+        else:
+            payload = data if key is None else data.load()
+            self._check_size(payload)
+            header = {**header, "hold": key}
+        child.held = None
         reply = _guarded(
             child,
-            lambda: child.request(header, data, time.monotonic() + self.timeout_s),
+            lambda: child.request(header, payload, time.monotonic() + self.timeout_s),
             timed_out=f"parser timed out after {self.timeout_s:g} s",
             died="parser crashed",
         )
+        child.held = key
         child.documents += 1
         if reply.get("error") == OUT_OF_MEMORY:
             self._discard(grace_s=STOP_TIMEOUT_S)

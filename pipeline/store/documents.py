@@ -18,6 +18,7 @@ __all__ = [
     "ClaimedDocument",
     "NewDocument",
     "claim_for_parse",
+    "document_content",
     "existing_documents",
     "fail_document",
     "insert_documents",
@@ -148,6 +149,12 @@ class ClaimedDocument:
     model: str
     chunking: dict | None = None  # the collection's recorded chunker settings
     next_model: str | None = None  # the model a reindex is moving the collection to (its chunks are queued for both)
+    sha256: bytes = b""  # of `content`, which may be left empty (a page range reads it on demand: `document_content`)
+
+    @property
+    def content_key(self) -> str:
+        """Names these bytes for the parse sandbox, which holds a split document's bytes between its ranges."""
+        return f"{self.id}:{self.sha256.hex()}"
 
 
 def claim_for_parse(
@@ -159,8 +166,14 @@ def claim_for_parse(
         return None
     return ClaimedDocument(
         row.id, row.collection_id, row.source, row.media_type, bytes(row.content), row.attempts, row.model_id,
-        row.model, row.chunking, row.next_model,
+        row.model, row.chunking, row.next_model, bytes(row.sha256),
     )  # fmt: skip
+
+
+def document_content(session: Session, document_id: int) -> bytes:
+    """A document's stored bytes (empty when it is gone)."""
+    row = session.execute(text("SELECT content FROM documents WHERE id = :d"), {"d": document_id}).first()
+    return bytes(row.content) if row else b""
 
 
 def still_claimed(session: Session, doc: ClaimedDocument) -> bool:

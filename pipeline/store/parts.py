@@ -105,7 +105,7 @@ def load_claim(session: Session, document_id: int, attempt: int, *, with_content
     """The claim `attempt` on a document still being parsed, as `claim_for_parse` returned it."""
     row = session.execute(
         text(
-            "SELECT d.id, d.collection_id, d.source, d.media_type, "
+            "SELECT d.id, d.collection_id, d.source, d.media_type, d.sha256, "
             "  CASE WHEN :content THEN d.content ELSE ''::bytea END AS content, d.attempts, c.model_id, m.name, "
             "  c.chunking, (SELECT name FROM embedding_models WHERE id = c.next_model_id) AS next_model "
             "FROM documents d JOIN collections c ON c.id = d.collection_id "
@@ -118,12 +118,12 @@ def load_claim(session: Session, document_id: int, attempt: int, *, with_content
         return None
     return ClaimedDocument(
         row.id, row.collection_id, row.source, row.media_type, bytes(row.content), row.attempts, row.model_id,
-        row.name, row.chunking, row.next_model,
+        row.name, row.chunking, row.next_model, bytes(row.sha256),
     )  # fmt: skip
 
 
 def part_to_parse(session: Session, document_id: int, part: int, attempt: int) -> PartToParse | None:
-    """A part still to parse under claim `attempt`; None when done, superseded or gone."""
+    """A part still to parse under claim `attempt` (its bytes not loaded); None when done, superseded or gone."""
     pages = session.execute(
         text(
             "SELECT page_start, page_end FROM document_parts "
@@ -131,7 +131,7 @@ def part_to_parse(session: Session, document_id: int, part: int, attempt: int) -
         ),
         {"d": document_id, "p": part, "a": attempt},
     ).first()
-    claim = load_claim(session, document_id, attempt, with_content=True) if pages else None
+    claim = load_claim(session, document_id, attempt, with_content=False) if pages else None  # bytes: on demand
     return PartToParse(claim, pages.page_start, pages.page_end) if claim else None
 
 

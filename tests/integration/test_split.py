@@ -46,7 +46,7 @@ def chunk_rows(sessions, doc_id: int) -> list[tuple]:
         ]
 
 
-def test_split_pdf_chunks_like_the_whole(sessions, parser, corpus_dir: Path, tmp_path: Path) -> None:
+def test_split_pdf_chunks_like_the_whole(sessions, parser, corpus_dir: Path, tmp_path: Path, monkeypatch) -> None:
     data = (corpus_dir / LONG_PDF).read_bytes()
     whole_settings = Settings(data_dir=tmp_path, parse=ParseLimits(split_pages=0))
     whole_id = queued_document(sessions, "split-whole", data)
@@ -57,11 +57,15 @@ def test_split_pdf_chunks_like_the_whole(sessions, parser, corpus_dir: Path, tmp
     split_id = queued_document(sessions, "split-parts", data)
     first = processing.parse_document(split_id, sessions=sessions, parser=parser, settings=split_settings)
     assert first.state == "split" and first.parts == [1, 2, 3, 4, 5]
+    reads: list[int] = []
+    monkeypatch.setattr(store, "document_content", lambda s, doc_id: reads.append(doc_id) or b"")
     outcomes = [
         processing.parse_part(split_id, part, first.attempt, sessions=sessions, parser=parser, settings=split_settings)
         for part in reversed(first.parts)  # any order; the last to finish chunks
     ]
     assert [o.state for o in outcomes] == ["parsing"] * 4 + ["embedding"]
+    assert reads == []  # the sandbox child kept the bytes from the first range: no range read them again
+    monkeypatch.undo()
     again = processing.parse_part(split_id, 3, first.attempt, sessions=sessions, parser=parser, settings=split_settings)
     assert again.state == "skipped"  # a redelivered part message changes nothing
 
@@ -88,3 +92,21 @@ def test_part_of_a_superseded_attempt_is_ignored(sessions, parser, corpus_dir: P
         for p in second.parts
     ]
     assert states[-1] == "embedding"
+
+
+def test_a_range_in_another_process_reads_the_bytes_once(
+    sessions, parser, corpus_dir: Path, tmp_path: Path, monkeypatch
+) -> None:
+    data = (corpus_dir / LONG_PDF).read_bytes()
+    settings = Settings(data_dir=tmp_path, parse=ParseLimits(split_pages=100))
+    doc_id = queued_document(sessions, "split-other-process", data)
+    first = processing.parse_document(doc_id, sessions=sessions, parser=parser, settings=settings)
+    reads: list[int] = []
+    real = store.document_content
+    monkeypatch.setattr(store, "document_content", lambda s, d: reads.append(d) or real(s, d))
+    with SandboxedParser(ParseLimits(timeout_s=120)) as other:  # another worker's child holds nothing yet
+        outcomes = [
+            processing.parse_part(doc_id, p, first.attempt, sessions=sessions, parser=other, settings=settings)
+            for p in first.parts
+        ]
+    assert reads == [doc_id] and outcomes[-1].state == "embedding"

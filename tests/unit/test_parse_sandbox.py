@@ -19,7 +19,7 @@ from docpipe.errors import (
     TooLarge,
     UnsupportedType,
 )
-from docpipe.parse import SandboxedParser
+from docpipe.parse import SandboxedParser, StoredBytes
 from docpipe.parse.child import ALLOCATE_TYPE, CRASH_TYPE, HANG_TYPE, PRINT_TYPE, TEST_HOOKS_ENV, handle
 from docpipe.parse.media import DOCX, HTML, MARKDOWN, PDF
 from docpipe.parse.protocol import error_from_reply
@@ -227,3 +227,24 @@ def test_close_reaps_the_child_and_parser_restarts() -> None:
         assert is_reaped(pid)
         pid = assert_still_works(parser)
     assert is_reaped(pid)
+
+
+def test_stored_bytes_cross_the_pipe_once_per_child(hooked: SandboxedParser) -> None:
+    loads: list[str] = []
+
+    def stored(key: str, data: bytes) -> StoredBytes:
+        return StoredBytes(key, lambda: loads.append(key) or data)
+
+    note = b"# Kept\n\nbetween ranges"
+    first = hooked.parse(stored("doc:1", note), MARKDOWN)
+    again = hooked.parse(stored("doc:1", note), MARKDOWN)  # held by the child: nothing loaded or sent
+    assert loads == ["doc:1"] and again.blocks == first.blocks
+    hooked.parse(b"another document", "text/plain")  # drops what the child held
+    hooked.parse(stored("doc:1", note), MARKDOWN)
+    assert loads == ["doc:1", "doc:1"]
+    with pytest.raises(ParserCrashed):
+        hooked.parse(stored("doc:2", b"x"), CRASH_TYPE)
+    assert hooked.parse(stored("doc:2", note), MARKDOWN).blocks == first.blocks  # a new child: loaded again
+    assert loads == ["doc:1", "doc:1", "doc:2", "doc:2"]
+    with pytest.raises(TooLarge):  # the size limit holds for bytes loaded on demand
+        hooked.parse(stored("doc:3", b"x" * (hooked.limits.max_bytes + 1)), "text/plain")
