@@ -12,6 +12,7 @@ from sqlalchemy.orm import Session
 
 from docpipe import states
 from docpipe.store.connection import raw_connection
+from docpipe.store.embeddings import FAIR_ROUND_CHUNKS
 from docpipe.types import Chunk
 
 __all__ = [
@@ -228,12 +229,12 @@ def save_chunks(
                 )
         session.execute(  # for the collection's model, and the one a reindex is moving it to
             text(
-                "INSERT INTO embedding_queue (chunk_id, model_id, document_id, token_count) "
-                "SELECT ch.id, m.id, ch.document_id, ch.token_count FROM chunks ch "
+                "INSERT INTO embedding_queue (chunk_id, model_id, document_id, token_count, round) "
+                "SELECT ch.id, m.id, ch.document_id, ch.token_count, ch.ordinal / :q FROM chunks ch "
                 "JOIN collections c ON c.id = :c, LATERAL (VALUES (c.model_id), (c.next_model_id)) AS m(id) "
                 "WHERE ch.document_id = :d AND m.id IS NOT NULL ON CONFLICT DO NOTHING"
             ),
-            {"c": doc.collection_id, "d": doc.id},
+            {"c": doc.collection_id, "d": doc.id, "q": FAIR_ROUND_CHUNKS},
         )
     return states.finish_parse(
         session, doc.id, chunks=len(chunks), page_count=page_count, title=title, why_no_text=why_no_text

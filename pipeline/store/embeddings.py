@@ -13,7 +13,10 @@ from docpipe import states
 from docpipe.chunk_context import embedded_text
 from docpipe.store.connection import raw_connection
 
+FAIR_ROUND_CHUNKS = 64  # chunks of one document per claim round (embedding_queue.round; migration 0011)
+
 __all__ = [
+    "FAIR_ROUND_CHUNKS",
     "PendingChunk",
     "claim_pending_chunks",
     "mark_ready",
@@ -55,9 +58,10 @@ def claim_pending_chunks(
     drain died or gave up on the batch) is a suspect: it is claimed alone, ahead of fresh rows, so a
     chunk that kills its worker does not take the same batch-mates down again.
 
-    The budget is filled round-robin over the documents among the first `max_rows` pending rows
-    (each one's 1st chunk, then each one's 2nd, ...), so a huge document does not hold back the
-    small ones queued beside it.
+    The queue is read in rounds (`round`: a chunk's ordinal // `FAIR_ROUND_CHUNKS`): every
+    document's first 64 chunks come before any document's next 64, so a huge document queued first
+    does not hold back the ones queued after it. The budget is filled round-robin over the
+    documents among the first `max_rows` of them (each one's 1st chunk, then each one's 2nd, ...).
     """
     rows = session.execute(
         text(
@@ -65,7 +69,7 @@ def claim_pending_chunks(
             "  SELECT chunk_id, document_id, token_count, attempts FROM embedding_queue "
             "  WHERE model_id = :m AND (lease_until IS NULL OR lease_until < now()) "
             "  AND (CAST(:max AS int) IS NULL OR attempts < :max) "
-            "  ORDER BY chunk_id LIMIT :rows FOR UPDATE SKIP LOCKED"
+            "  ORDER BY round, chunk_id LIMIT :rows FOR UPDATE SKIP LOCKED"
             "), fresh AS (SELECT * FROM cand WHERE attempts = 0"
             "), turns AS ("
             "  SELECT chunk_id, token_count, "

@@ -15,6 +15,7 @@ from sqlalchemy import text
 from sqlalchemy.orm import Session
 
 from docpipe.errors import ConfigError
+from docpipe.store.embeddings import FAIR_ROUND_CHUNKS
 from docpipe.store.rechunk import RechunkProgress, rechunk_progress, switch_rechunked
 
 __all__ = ["ReindexProgress", "drop_model_vectors", "reindex_progress", "start_reindex", "switch_finished"]
@@ -45,13 +46,14 @@ def start_reindex(session: Session, collection_id: int, model_id: int) -> int:
     )
     result = session.execute(
         text(
-            "INSERT INTO embedding_queue (chunk_id, model_id, document_id, token_count) "
-            "SELECT ch.id, :m, ch.document_id, ch.token_count FROM chunks ch JOIN documents d ON d.id = ch.document_id "
+            "INSERT INTO embedding_queue (chunk_id, model_id, document_id, token_count, round) "
+            "SELECT ch.id, :m, ch.document_id, ch.token_count, ch.ordinal / :q "
+            "FROM chunks ch JOIN documents d ON d.id = ch.document_id "
             "WHERE d.collection_id = :c AND NOT EXISTS ("
             "  SELECT 1 FROM embeddings e WHERE e.chunk_id = ch.id AND e.model_id = :m) "
             "ORDER BY ch.id ON CONFLICT DO NOTHING"
         ),
-        {"c": collection_id, "m": model_id},
+        {"c": collection_id, "m": model_id, "q": FAIR_ROUND_CHUNKS},
     )
     return int(result.rowcount or 0)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
+from collections import Counter
 
 import numpy as np
 import pytest
@@ -98,6 +99,21 @@ def test_claims_interleave_documents_so_a_huge_one_cannot_starve_a_small_one(ses
         docs = [c.document_id for c in batch]
         assert small.id in docs and big.id in docs  # in chunk-id order the budget went to the big one alone
         assert sum(c.token_count for c in batch) <= 40
+    finally:
+        with sessions.begin() as s:
+            s.execute(text("DELETE FROM embedding_queue WHERE document_id = ANY(:d)"), {"d": [big.id, small.id]})
+
+
+def test_a_document_longer_than_the_claim_window_takes_turns_in_rounds(sessions, collection) -> None:
+    quantum = store.FAIR_ROUND_CHUNKS
+    big = parsed(sessions, collection, b"a book", 3 * quantum)  # queued first: every chunk id before the note's
+    small = parsed(sessions, collection, b"a note after the book", 2)
+    try:
+        with sessions.begin() as s:  # in chunk-id order this window would hold the book alone
+            first = store.claim_pending_chunks(
+                s, collection.model_id, max_tokens=10**6, lease_s=60, max_rows=quantum + 2
+            )
+        assert Counter(c.document_id for c in first) == {big.id: quantum, small.id: 2}
     finally:
         with sessions.begin() as s:
             s.execute(text("DELETE FROM embedding_queue WHERE document_id = ANY(:d)"), {"d": [big.id, small.id]})
