@@ -284,6 +284,15 @@ def parse_part(
         return ParseOutcome(doc.id, "failed", reason=str(err))
     rest = [] if resumed else _rest_of_part(parsed, work.page_end, settings)  # resumed: its rest was split
     with sessions.begin() as session:
+        so_far = store.parsed_chars(session, doc)  # the document's total is bounded, not each range's
+        produced = (so_far or 0) + sum(len(block.text) for block in parsed.blocks)
+        if so_far is not None and produced > settings.parse.max_chars:
+            reason = (
+                f"document produced {produced} characters of text by page {work.page_end}, more than the limit "
+                f"of {settings.parse.max_chars} (parse.max_chars)"
+            )
+            store.fail_document(session, doc, reason)
+            return ParseOutcome(doc.id, "failed", reason=reason)
         new_parts = store.split_part(session, doc, part, rest) if rest else []  # before finish_part: not last
         last = store.finish_part(session, doc, part, parsed.blocks, lease_s=settings.worker.lease_s)
         if last:

@@ -18,6 +18,7 @@ __all__ = [
     "PartToParse",
     "finish_part",
     "load_claim",
+    "parsed_chars",
     "part_blocks",
     "part_to_parse",
     "renew_lease",
@@ -28,6 +29,10 @@ __all__ = [
 
 def _blocks_json(blocks: Sequence[Block]) -> list[list]:
     return [[b.text, b.page, list(b.heading_path), b.is_heading, b.ocr_confidence] for b in blocks]
+
+
+def _chars(blocks: Sequence[Block]) -> int:
+    return sum(len(b.text) for b in blocks)
 
 
 def split_into_parts(
@@ -44,14 +49,18 @@ def split_into_parts(
         return False
     session.execute(text("DELETE FROM document_parts WHERE document_id = :d"), {"d": doc.id})
     insert = text(
-        "INSERT INTO document_parts (document_id, part, attempt, page_start, page_end, blocks) "
-        "VALUES (:d, :p, :a, :s, :e, :b)"
+        "INSERT INTO document_parts (document_id, part, attempt, page_start, page_end, blocks, chars) "
+        "VALUES (:d, :p, :a, :s, :e, :b, :c)"
     ).bindparams(bindparam("b", type_=JSONB(none_as_null=True)))
     session.execute(
-        insert, {"d": doc.id, "p": 0, "a": doc.attempts, "s": 1, "e": ranges[0][0] - 1, "b": _blocks_json(first)}
-    )
+        insert,
+        {"d": doc.id, "p": 0, "a": doc.attempts, "s": 1, "e": ranges[0][0] - 1, "b": _blocks_json(first),
+         "c": _chars(first)},
+    )  # fmt: skip
     for part, (start, end) in enumerate(ranges, start=1):
-        session.execute(insert, {"d": doc.id, "p": part, "a": doc.attempts, "s": start, "e": end, "b": None})
+        session.execute(
+            insert, {"d": doc.id, "p": part, "a": doc.attempts, "s": start, "e": end, "b": None, "c": None}
+        )
     renew_lease(session, doc.id, lease_s, page_count=page_count)
     return True
 
@@ -140,16 +149,28 @@ def finish_part(session: Session, claim: ClaimedDocument, part: int, blocks: Seq
     if not still_claimed(session, claim):  # also serialises the parts' finishers on the document row
         return False
     session.execute(
-        text("UPDATE document_parts SET blocks = :b WHERE document_id = :d AND part = :p").bindparams(
+        text("UPDATE document_parts SET blocks = :b, chars = :c WHERE document_id = :d AND part = :p").bindparams(
             bindparam("b", type_=JSONB)
         ),
-        {"d": claim.id, "p": part, "b": _blocks_json(blocks)},
+        {"d": claim.id, "p": part, "b": _blocks_json(blocks), "c": _chars(blocks)},
     )
     renew_lease(session, claim.id, lease_s)
     missing = session.execute(
         text("SELECT count(*) FROM document_parts WHERE document_id = :d AND blocks IS NULL"), {"d": claim.id}
     ).scalar_one()
     return missing == 0
+
+
+def parsed_chars(session: Session, claim: ClaimedDocument) -> int | None:
+    """Characters of text in the parts parsed so far; None when the claim is lost. Locks the document
+    row (like `finish_part`), so finishers counting against a limit see each other's parts."""
+    if not still_claimed(session, claim):
+        return None
+    return int(
+        session.execute(
+            text("SELECT coalesce(sum(chars), 0) FROM document_parts WHERE document_id = :d"), {"d": claim.id}
+        ).scalar_one()
+    )
 
 
 def part_blocks(session: Session, document_id: int) -> list[Block]:

@@ -110,3 +110,29 @@ def test_a_range_in_another_process_reads_the_bytes_once(
             for p in first.parts
         ]
     assert reads == [doc_id] and outcomes[-1].state == "embedding"
+
+
+def test_the_character_limit_counts_every_range_of_a_split_document(
+    sessions, parser, corpus_dir: Path, tmp_path: Path
+) -> None:
+    data = (corpus_dir / LONG_PDF).read_bytes()
+    doc_id = queued_document(sessions, "split-char-limit", data)
+    roomy = Settings(data_dir=tmp_path, parse=ParseLimits(split_pages=64))
+    first = processing.parse_document(doc_id, sessions=sessions, parser=parser, settings=roomy)
+    with sessions.begin() as s:
+        first_range = s.execute(
+            text("SELECT chars FROM document_parts WHERE document_id = :d AND part = 0"), {"d": doc_id}
+        ).scalar_one()
+    assert first_range > 0
+    # each range alone stays under this limit; the document's total does not
+    tight = Settings(data_dir=tmp_path, parse=ParseLimits(split_pages=64, max_chars=first_range + 100))
+    outcomes = [
+        processing.parse_part(doc_id, p, first.attempt, sessions=sessions, parser=parser, settings=tight)
+        for p in first.parts
+    ]
+    assert outcomes[0].state == "failed" and "parse.max_chars" in outcomes[0].reason
+    assert {o.state for o in outcomes[1:]} == {"skipped"}  # the claim ended with the failure
+    with sessions.begin() as s:
+        state, error = s.execute(text("SELECT state, last_error FROM documents WHERE id = :d"), {"d": doc_id}).one()
+        parts = s.execute(text("SELECT count(*) FROM document_parts WHERE document_id = :d"), {"d": doc_id})
+        assert state == "failed" and "by page 128" in error and parts.scalar_one() == 0
