@@ -394,7 +394,8 @@ def doctor(
         print(f"model not resolvable: {report['error']}")
         return
     chosen = report.get("chosen_backend") or "none yet (`docpipe up` or `docpipe doctor --measure` chooses)"
-    print(f"chosen backend: {chosen}\ndecision: {report['decision_file']}")
+    print(f"chosen backend: {chosen}; for queries: {report.get('query_backend') or chosen}")
+    print(f"decision: {report['decision_file']}")
     sample = report.get("sample") or {}
     for name, r in (report.get("measured") or {}).items():
         if "error" in r:
@@ -403,6 +404,7 @@ def doctor(
         verdict = "ok" if r["passed"] else "fails the quality check"
         print(
             f"  {name:12s} {r['texts_per_s']:7.1f} texts/s (~{sample.get('mean_tokens', '?')} tokens each), "
+            f"{r.get('query_ms', float('nan')):5.1f} ms per query, "
             f"cosine to fp32 mean {r['mean_cosine']:.4f} min {r['min_cosine']:.4f}: {verdict}"
         )
 

@@ -301,7 +301,7 @@ class Client(LifecycleOps):
         if model not in self._embedders:
             from docpipe.embed import load_model_embedder
 
-            self._embedders[model] = load_model_embedder(self.settings, model)
+            self._embedders[model] = load_model_embedder(self.settings, model, purpose="queries")
         return self._embedders[model]
 
     def search(

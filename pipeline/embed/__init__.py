@@ -12,10 +12,14 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from docpipe.config import EmbedConfig, Settings
 from docpipe.embed.base import Embedder, PackedEmbedder
 from docpipe.embed.st_config import StModelConfig, read_st_config, resolve_model_dir
+
+if TYPE_CHECKING:
+    from docpipe.embed.autoselect import Purpose
 
 __all__ = [
     "Embedder",
@@ -30,15 +34,20 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 
-def load_model_embedder(settings: Settings, model: str) -> Embedder:
+def load_model_embedder(settings: Settings, model: str, *, purpose: Purpose = "documents") -> Embedder:
     """The embedder of `model` (a collection's, which may differ from the default) with `settings.embed`."""
-    return load_embedder(settings.embed.model_copy(update={"model": model}), cache_dir=settings.model_cache_dir)
+    return load_embedder(
+        settings.embed.model_copy(update={"model": model}), cache_dir=settings.model_cache_dir, purpose=purpose
+    )
 
 
-def load_embedder(cfg: EmbedConfig, *, cache_dir: Path, remeasure: bool = False) -> Embedder:
+def load_embedder(
+    cfg: EmbedConfig, *, cache_dir: Path, remeasure: bool = False, purpose: Purpose = "documents"
+) -> Embedder:
     """The configured embedder, ready to run; ``cache_dir`` holds hub downloads, ONNX exports, decisions.
 
     ``remeasure``: with backend ``auto`` on a CPU, measure the candidates again even if a decision is cached.
+    ``purpose``: with ``auto`` on a CPU, ``"queries"`` loads the backend chosen for one short text per call.
     """
     from docpipe.embed.runtime import resolve_device
 
@@ -59,7 +68,7 @@ def load_embedder(cfg: EmbedConfig, *, cache_dir: Path, remeasure: bool = False)
         from docpipe.embed.autoselect import choose_cpu_backend, decision_path
 
         decision_file = decision_path(cache_dir, name=cfg.model, transformer_dir=st_config.transformer_dir)
-        embedder = choose_cpu_backend(build, decision_file=decision_file, remeasure=remeasure)
+        embedder = choose_cpu_backend(build, decision_file=decision_file, remeasure=remeasure, purpose=purpose)
     log.info("embedder: %r, max %d tokens", embedder, embedder.max_tokens)
     return embedder
 

@@ -9,6 +9,14 @@ this machine, else the most faithful near-tie) in every round by
 ``SWITCH_MARGIN``. The decision is cached as JSON in the machine-wide cache,
 keyed by model, CPU flags and library versions; `docpipe up` makes it before
 the workers start, and `docpipe doctor` shows it.
+
+Queries get their own choice: one short text per call, where a backend's
+per-call overhead matters more than its throughput (on an AVX-512 BF16 CPU
+torch-bf16 led the chunk batches at 3.8x sentence-transformers but took 12 ms
+for one query, against 3 ms for ONNX). The candidates embed ``QUERY_TEXTS``
+one at a time in the same interleaved rounds; the fastest faithful one serves
+`Client.search`. Mixing is safe: every backend approximates the same fp32
+model, and the faithfulness check applies to both choices.
 """
 
 from __future__ import annotations
@@ -23,6 +31,7 @@ import time
 from collections.abc import Callable
 from importlib import metadata
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 
@@ -33,6 +42,8 @@ from docpipe.embed.runtime import cpu_count, cpu_flags, cpu_has_bf16
 
 log = logging.getLogger(__name__)
 
+Purpose = Literal["documents", "queries"]  # what an embedder is loaded for: batches of chunks, or one query
+
 # Cosine to torch-fp32 over the sample, a proxy for search quality. Calibrated on all-MiniLM-L6-v2: fused int8
 # (mean 0.992, min 0.977 on real chunks) kept nDCG@10 on SciFact within 0.001 and top-10 overlap at 0.91;
 # per-tensor int8 weights (mean 0.93) fail.
@@ -40,7 +51,7 @@ MIN_MEAN_COSINE = 0.985
 MIN_COSINE = 0.95  # worst single text of the sample
 SPEED_TOLERANCE = 0.10  # a more faithful backend this close to the fastest wins
 SWITCH_MARGIN = 0.10  # a challenger must be this much faster than the incumbent in every round
-DECISION_FORMAT = 2  # bump when the sample or the rule changes
+DECISION_FORMAT = 3  # bump when the sample or the rule changes (3: a query backend is chosen too)
 ROUNDS = 3  # timed, interleaved runs per candidate
 SAMPLE_TEXTS = 32
 DECISION_DIR = "embed-backend"
@@ -71,6 +82,18 @@ _PARAGRAPHS = (
     "Table 3: Results by region. North: revenue 12.4M, growth 8.1%, margin 21%. South: revenue 9.7M, growth "
     "3.5%, margin 17%. East: revenue 15.2M, growth 11.9%, margin 24%. West: revenue 7.3M, growth -1.2%, "
     "margin 12%. Figures are unaudited and in US dollars; growth is year over year.",
+)
+
+
+QUERY_TEXTS = (  # search queries as users type them: a few words to a sentence
+    "how are leases renewed",
+    "quarterly revenue growth by region",
+    "side effects of the combination therapy",
+    "governing law of the license agreement",
+    "replication lag monitoring postgres",
+    "when does construction of the tram start",
+    "convergence of stochastic gradient descent for wide networks",
+    "Einladung zur Mitgliederversammlung Frist",
 )
 
 
@@ -114,18 +137,24 @@ def decision_path(cache_dir: Path, *, name: str, transformer_dir: Path) -> Path:
 
 
 def choose_cpu_backend(
-    build: Callable[[str], PackedEmbedder], *, decision_file: Path, remeasure: bool = False
+    build: Callable[[str], PackedEmbedder],
+    *,
+    decision_file: Path,
+    remeasure: bool = False,
+    purpose: Purpose = "documents",
 ) -> PackedEmbedder:
-    """The cached choice if there is one; otherwise measure the candidates, cache and return the winner."""
+    """The cached choice for `purpose` if there is one; otherwise measure the candidates, cache both choices
+    and return the one for `purpose`."""
+    field = "query_backend" if purpose == "queries" else "backend"
     cached = read_decision(decision_file)
     if cached and not remeasure:
-        log.info("embedding backend %s (cached decision %s)", cached["backend"], decision_file)
-        return build(cached["backend"])
-    incumbent = (cached or {}).get("backend") or previous_choice(decision_file)
+        choice = cached.get(field) if cached.get(field) in cpu_candidates() else cached["backend"]
+        log.info("embedding backend for %s: %s (cached decision %s)", purpose, choice, decision_file)
+        return build(choice)
     texts = sample_texts()
     report: dict[str, dict] = {}
     loaded = _load_candidates(build, texts, report)
-    rounds, vectors = _time_interleaved(loaded, texts)
+    rounds, query_rounds, vectors = _time_interleaved(loaded, texts)
     reference = vectors["torch-fp32"]
     tokens = sum(loaded["torch-fp32"].count_tokens(texts)) / len(texts)
     for backend, seconds in rounds.items():
@@ -134,22 +163,35 @@ def choose_cpu_backend(
         report[backend] = {
             "texts_per_s": round(statistics.median(rates), 2),
             "rounds_texts_per_s": rates,
+            "query_ms": round(statistics.median(query_rounds[backend]) * 1000 / len(QUERY_TEXTS), 2),
+            "rounds_query_ms": [round(s * 1000 / len(QUERY_TEXTS), 2) for s in query_rounds[backend]],
             "mean_cosine": round(float(cosines.mean()), 5),
             "min_cosine": round(float(cosines.min()), 5),
             "passed": bool(cosines.mean() >= MIN_MEAN_COSINE and cosines.min() >= MIN_COSINE),
         }
-    best = pick_backend(report, incumbent=incumbent)
-    log.info("embedding backend auto-selected: %s (incumbent %s); measured %s", best, incumbent, report)
+    best = pick_backend(report, incumbent=(cached or {}).get("backend") or previous_choice(decision_file))
+    query_best = pick_backend(_as_query_rates(report), incumbent=(cached or {}).get("query_backend"))
+    log.info("embedding backend auto-selected: %s, for queries %s; measured %s", best, query_best, report)
     decision = {
         "backend": best,
-        "incumbent": incumbent,
+        "query_backend": query_best,
         "measured": report,
-        "sample": {"texts": len(texts), "mean_tokens": round(tokens, 1), "rounds": ROUNDS},
+        "sample": {"texts": len(texts), "mean_tokens": round(tokens, 1), "rounds": ROUNDS,
+                   "query_texts": len(QUERY_TEXTS)},
         "key": decision_key(transformer_dir=loaded["torch-fp32"].st_config.transformer_dir),
         "created": time.time(),
-    }
+    }  # fmt: skip
     _write_decision(decision_file, decision)
-    return loaded[best]
+    return loaded[query_best if purpose == "queries" else best]
+
+
+def _as_query_rates(report: dict[str, dict]) -> dict[str, dict]:
+    """The report with single-query calls per second as the rate `pick_backend` compares."""
+    return {
+        name: {**r, "texts_per_s": 1000 / r["query_ms"], "rounds_texts_per_s": [1000 / m for m in r["rounds_query_ms"]]}
+        for name, r in report.items()
+        if "query_ms" in r
+    }
 
 
 def pick_backend(report: dict[str, dict], *, incumbent: str | None = None) -> str:
@@ -209,18 +251,24 @@ def _load_candidates(
 
 def _time_interleaved(
     loaded: dict[str, PackedEmbedder], texts: list[str]
-) -> tuple[dict[str, list[float]], dict[str, np.ndarray]]:
-    """Wall seconds of each of ``ROUNDS`` runs per candidate, in turn (the order rotating each round), and
-    each candidate's unit-normalized vectors."""
+) -> tuple[dict[str, list[float]], dict[str, list[float]], dict[str, np.ndarray]]:
+    """Per candidate and round (in turn, the order rotating each round): wall seconds to embed `texts` in one
+    call, wall seconds to embed ``QUERY_TEXTS`` one per call; and each candidate's unit-normalized vectors."""
     seconds: dict[str, list[float]] = {name: [] for name in loaded}
+    query_seconds: dict[str, list[float]] = {name: [] for name in loaded}
     vectors: dict[str, np.ndarray] = {}
     names = list(loaded)
     for r in range(ROUNDS):
         for backend in names[r % len(names) :] + names[: r % len(names)]:
+            embedder = loaded[backend]
             start = time.perf_counter()
-            vectors[backend] = l2_normalize(loaded[backend].embed(texts))
+            vectors[backend] = l2_normalize(embedder.embed(texts))
             seconds[backend].append(time.perf_counter() - start)
-    return seconds, vectors
+            start = time.perf_counter()
+            for query in QUERY_TEXTS:
+                embedder.embed_query(query)
+            query_seconds[backend].append(time.perf_counter() - start)
+    return seconds, query_seconds, vectors
 
 
 def read_decision(path: Path) -> dict | None:

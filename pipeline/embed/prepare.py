@@ -66,6 +66,7 @@ def backend_report(settings: Settings) -> dict:
     decision = read_decision(path)
     report["decision_file"] = str(path)
     report["chosen_backend"] = decision["backend"] if decision else None
+    report["query_backend"] = decision.get("query_backend") if decision else None
     report["measured"] = decision.get("measured") if decision else None
     report["sample"] = decision.get("sample") if decision else None
     return report

@@ -58,9 +58,7 @@ def split_into_parts(
          "c": _chars(first)},
     )  # fmt: skip
     for part, (start, end) in enumerate(ranges, start=1):
-        session.execute(
-            insert, {"d": doc.id, "p": part, "a": doc.attempts, "s": start, "e": end, "b": None, "c": None}
-        )
+        session.execute(insert, {"d": doc.id, "p": part, "a": doc.attempts, "s": start, "e": end, "b": None, "c": None})
     renew_lease(session, doc.id, lease_s, page_count=page_count)
     return True
 

@@ -130,12 +130,32 @@ def test_auto_measures_once_then_reads_its_decision(cache_dir, monkeypatch):
     assert decision["backend"] == embedder.backend
     assert decision["measured"]["torch-fp32"]["passed"]
     assert len(decision["measured"]["torch-fp32"]["rounds_texts_per_s"]) == 1
+    assert decision["query_backend"] in autoselect.cpu_candidates()
+    assert all(r["query_ms"] > 0 for r in decision["measured"].values() if "error" not in r)
 
     def no_measuring(*args, **kwargs):
         raise AssertionError("measured again despite a cached decision")
 
     monkeypatch.setattr(autoselect, "_time_interleaved", no_measuring)
     assert load_embedder(cfg, cache_dir=cache_dir).backend == embedder.backend
+    for_queries = load_embedder(cfg, cache_dir=cache_dir, purpose="queries")
+    assert for_queries.backend == decision["query_backend"]
+    assert for_queries.embed_query("it works").shape == (384,)
+
+
+def test_queries_get_the_backend_fastest_per_call() -> None:
+    """Chunk batches and single queries rank the backends differently (bf16 leads batches, ONNX one query)."""
+    report = {
+        name: {"texts_per_s": rate, "rounds_texts_per_s": [rate], "query_ms": ms, "rounds_query_ms": [ms],
+               "mean_cosine": cosine, "passed": True}
+        for name, rate, ms, cosine in (
+            ("torch-fp32", 35.7, 6.0, 1.0),
+            ("torch-bf16", 91.8, 12.1, 0.99995),
+            ("onnx", 68.5, 2.9, 1.0),
+        )
+    }  # fmt: skip
+    assert autoselect.pick_backend(report) == "torch-bf16"
+    assert autoselect.pick_backend(autoselect._as_query_rates(report)) == "onnx"
 
 
 @pytest.mark.parametrize(
