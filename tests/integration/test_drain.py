@@ -13,6 +13,7 @@ from docpipe.config import EmbedConfig, Settings, WorkerConfig
 from docpipe.drain import embed_pending
 from docpipe.errors import RetryableError
 from docpipe.types import Chunk
+from tests.integration.seeding import seed_parsed
 
 DIM = 4
 MODEL = "test/drain-4d"
@@ -25,26 +26,8 @@ def fake_embed(texts: list[str]) -> np.ndarray:
 
 
 def seed(sessions, name: str, docs: int, chunks_per_doc: int, *, model: str = MODEL) -> list[int]:
-    ids = []
-    with sessions.begin() as s:
-        coll = store.ensure_collection(s, name, model=model, dim=DIM)
-        rows = store.insert_documents(
-            s,
-            coll.id,
-            [
-                store.NewDocument(
-                    f"/{name}/{i}", hashlib.sha256(f"{name}{i}".encode()).digest(), "text/plain", b"x", 1, {}
-                )
-                for i in range(docs)
-            ],
-        )
-    for doc_id, _ in rows:
-        with sessions.begin() as s:
-            doc = store.claim_for_parse(s, doc_id, lease_s=60)
-            chunks = [Chunk(j, f"{name} doc {doc_id} chunk {j}", 10 + j % 7, 1, 1) for j in range(chunks_per_doc)]
-            store.save_chunks(s, doc, chunks, page_count=1)
-        ids.append(doc_id)
-    return ids
+    texts = [[f"{name} doc {i} chunk {j}" for j in range(chunks_per_doc)] for i in range(docs)]
+    return seed_parsed(sessions, model, name, texts, dim=DIM, tokens=lambda j: 10 + j % 7)
 
 
 def settings(max_batch_tokens: int = 200) -> Settings:

@@ -18,7 +18,7 @@ from docpipe.config import EmbedConfig, Settings, WorkerConfig
 from docpipe.drain import HeldLeases, embed_pending
 from docpipe.errors import RetryableError
 from docpipe.sweeper import find_stale_work
-from docpipe.types import Chunk
+from tests.integration.seeding import seed_parsed
 
 DIM = 4
 POISON = "POISON-PILL"
@@ -33,27 +33,7 @@ def fake_embed(texts: list[str]) -> np.ndarray:
 
 
 def seed(sessions, model: str, name: str, texts: list[list[str]]) -> list[int]:
-    """One document per list of chunk texts (chunk j on page j + 1), parsed and queued for `model`."""
-    with sessions.begin() as s:
-        coll = store.ensure_collection(s, name, model=model, dim=DIM)
-        rows = store.insert_documents(
-            s,
-            coll.id,
-            [
-                store.NewDocument(
-                    f"/{name}/{i}", hashlib.sha256(f"{name}{i}".encode()).digest(), "text/plain", b"x", 1, {}
-                )
-                for i in range(len(texts))
-            ],
-        )
-    ids = []
-    for (doc_id, _), chunk_texts in zip(rows, texts, strict=True):
-        with sessions.begin() as s:
-            doc = store.claim_for_parse(s, doc_id, lease_s=60)
-            chunks = [Chunk(j, t, 10, j + 1, j + 1) for j, t in enumerate(chunk_texts)]
-            store.save_chunks(s, doc, chunks, page_count=len(chunks))
-        ids.append(doc_id)
-    return ids
+    return seed_parsed(sessions, model, name, texts, dim=DIM)
 
 
 def settings(max_batch_tokens: int = 10_000, max_attempts: int = 3) -> Settings:

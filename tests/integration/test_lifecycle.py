@@ -12,6 +12,7 @@ from sqlalchemy import text
 
 from docpipe import states, store
 from docpipe.types import Chunk
+from tests.integration.seeding import found_by_each_path
 
 DIM = 8
 _names = itertools.count()
@@ -62,25 +63,7 @@ def ingest(sessions, collection, key: str, body: str, **metadata) -> int:
 
 def searchable(sessions, collection) -> set[str]:
     """Chunk texts SQL users can find: the view (vector side) and BM25 (keyword side) must agree."""
-    with sessions.begin() as s:
-        view = set(
-            s.execute(text("SELECT text FROM docpipe_chunks WHERE collection = :c"), {"c": collection.name}).scalars()
-        )
-        keyword = set(
-            s.execute(
-                text(
-                    "SELECT ch.text FROM docpipe_text_search('alpha beta gamma delta', :c, 1000) t "
-                    "JOIN chunks ch ON ch.id = t.chunk_id"
-                ),
-                {"c": collection.name},
-            ).scalars()
-        )
-        vector = set(
-            s.execute(
-                text("SELECT text FROM docpipe_search(CAST(:q AS vector), :c, 1000)"),
-                {"q": "[" + ",".join(["0.1"] * DIM) + "]", "c": collection.name},
-            ).scalars()
-        )
+    view, keyword, vector = found_by_each_path(sessions, collection.name, words="alpha beta gamma delta", dim=DIM)
     assert vector == view, (vector, view)
     assert keyword <= view, (keyword, view)
     return view

@@ -14,6 +14,7 @@ from sqlalchemy import text
 from docpipe import store
 from docpipe.errors import ConfigError
 from docpipe.types import Chunk
+from tests.integration.seeding import found_by_each_path
 
 DIM = 8
 _names = itertools.count()
@@ -101,26 +102,8 @@ def chunk_sets(collection, bodies: dict[str, str], chunking: dict) -> set[str]:
 
 def searchable(sessions, collection, *, dim: int = DIM) -> set[str]:
     """What each search path returns; the view, vector search and BM25 must agree."""
-    query_words = " ".join(f"{w}{i}" for w in WORDS for i in range(16))
-    with sessions.begin() as s:
-        view = set(
-            s.execute(text("SELECT text FROM docpipe_chunks WHERE collection = :c"), {"c": collection.name}).scalars()
-        )
-        keyword = set(
-            s.execute(
-                text(
-                    "SELECT ch.text FROM docpipe_text_search(:q, :c, 1000, per_term => -1) t "
-                    "JOIN chunks ch ON ch.id = t.chunk_id"
-                ),
-                {"q": query_words, "c": collection.name},
-            ).scalars()
-        )
-        vector = set(
-            s.execute(
-                text("SELECT text FROM docpipe_search(CAST(:q AS vector), :c, 1000)"),
-                {"q": "[" + ",".join(["0.1"] * dim) + "]", "c": collection.name},
-            ).scalars()
-        )
+    words = " ".join(f"{w}{i}" for w in WORDS for i in range(16))
+    view, keyword, vector = found_by_each_path(sessions, collection.name, words=words, dim=dim, per_term=-1)
     assert vector == view == keyword, (vector, view, keyword)
     return view
 
