@@ -327,7 +327,7 @@ def _resume_join(
         ):
             return ParseOutcome(document_id, "failed", reason=gave_up[document_id])
         return None
-    claim = store.load_claim(session, document_id, row.attempts, with_content=False)
+    claim = store.load_claim(session, document_id, row.attempts)
     return store.PartToParse(claim, row.page_start, row.page_end) if claim else None
 
 

@@ -108,23 +108,23 @@ class PartToParse:
     page_end: int
 
 
-def load_claim(session: Session, document_id: int, attempt: int, *, with_content: bool) -> ClaimedDocument | None:
-    """The claim `attempt` on a document still being parsed, as `claim_for_parse` returned it."""
+def load_claim(session: Session, document_id: int, attempt: int) -> ClaimedDocument | None:
+    """The claim `attempt` on a document still being parsed, as `claim_for_parse` returned it but without
+    its bytes (`document_content` reads them when the parse sandbox does not hold them)."""
     row = session.execute(
         text(
-            "SELECT d.id, d.collection_id, d.source, d.media_type, d.sha256, "
-            "  CASE WHEN :content THEN d.content ELSE ''::bytea END AS content, d.attempts, c.model_id, m.name, "
+            "SELECT d.id, d.collection_id, d.source, d.media_type, d.sha256, d.attempts, c.model_id, m.name, "
             "  c.chunking, (SELECT name FROM embedding_models WHERE id = c.next_model_id) AS next_model "
             "FROM documents d JOIN collections c ON c.id = d.collection_id "
             "JOIN embedding_models m ON m.id = c.model_id "
             "WHERE d.id = :d AND d.state = 'parsing' AND d.attempts = :a"
         ),
-        {"d": document_id, "a": attempt, "content": with_content},
+        {"d": document_id, "a": attempt},
     ).first()
     if row is None:
         return None
     return ClaimedDocument(
-        row.id, row.collection_id, row.source, row.media_type, bytes(row.content), row.attempts, row.model_id,
+        row.id, row.collection_id, row.source, row.media_type, b"", row.attempts, row.model_id,
         row.name, row.chunking, row.next_model, bytes(row.sha256),
     )  # fmt: skip
 
@@ -138,7 +138,7 @@ def part_to_parse(session: Session, document_id: int, part: int, attempt: int) -
         ),
         {"d": document_id, "p": part, "a": attempt},
     ).first()
-    claim = load_claim(session, document_id, attempt, with_content=False) if pages else None  # bytes: on demand
+    claim = load_claim(session, document_id, attempt) if pages else None
     return PartToParse(claim, pages.page_start, pages.page_end) if claim else None
 
 
