@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
 from docpipe.bench.common import minilm_dir
@@ -34,7 +35,6 @@ class RunningStack:
     stack: object  # docpipe.stack.Stack
     client: object  # docpipe.Client
     settings: Settings
-    _document_embedder: object = None
 
     def worker_pids(self) -> dict[str, int]:
         return {w.name: w.proc.pid for w in self.stack.workers if w.proc is not None}
@@ -42,13 +42,12 @@ class RunningStack:
     def log_path(self, worker: str) -> Path:
         return self.stack.log_dir / f"{worker}.log"
 
+    @cached_property
     def document_embedder(self):
         """The embedder the embed worker runs (the chunk backend; `client.embedder` is the query one)."""
-        if self._document_embedder is None:
-            from docpipe.embed import load_model_embedder
+        from docpipe.embed import load_model_embedder
 
-            self._document_embedder = load_model_embedder(self.settings, self.settings.embed.model)
-        return self._document_embedder
+        return load_model_embedder(self.settings, self.settings.embed.model)
 
 
 @contextmanager

@@ -170,7 +170,7 @@ def measure_ingest(
         job, line = ingest_and_wait(run.client, paths, collection)
     texts, tokens, pages = read_chunk_texts(run.client, collection)
 
-    embedder = run.document_embedder()
+    embedder = run.document_embedder
     embedder.embed(texts[:32])
     t0 = time.perf_counter()
     embedder.embed(texts)

@@ -52,7 +52,7 @@ def measure_small_docs(work: Path, beir_dir: Path, *, n: int, model_cache: Path)
         _job, line = ingest_and_wait(run.client, paths, "bench-small")
         tails = log_tails(run, offsets)
         texts, tokens, _pages = read_chunk_texts(run.client, "bench-small")
-        embedder = run.document_embedder()
+        embedder = run.document_embedder
         embedder.embed(texts[:32])
         f0 = time.perf_counter()
         embedder.embed(texts)

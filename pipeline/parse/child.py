@@ -86,15 +86,16 @@ def serve(requests: int, replies: int) -> None:
     held: tuple[str, bytes] | None = None  # (key, bytes) a request asked to keep for the next ones
     while (raw_header := read_frame(requests)) is not None:
         header = json.loads(raw_header)
-        if header.get("held") is None:
+        reuse = header.get("held")  # the key of the bytes kept from an earlier request, or None
+        if reuse is None:
             held = None  # before reading new bytes: only one document is kept
         try:
             data = read_frame(requests) or b""
         except MemoryError:  # the document alone does not fit under the limit
             write_all(replies, frame(encode_json({"error": OUT_OF_MEMORY, "message": ""})))
             return
-        if header.get("held") is not None:
-            if held is None or held[0] != header["held"]:  # the parent tracks what we hold: never here
+        if reuse is not None:
+            if held is None or held[0] != reuse:  # the parent tracks what we hold: never here
                 write_all(replies, frame(encode_json({"error": "ParserCrashed", "message": "bytes not held"})))
                 return
             data = held[1]
