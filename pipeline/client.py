@@ -20,6 +20,7 @@ from docpipe.config import Settings
 from docpipe.db import make_engine, make_sessionmaker, resolve_database_url
 from docpipe.errors import ConfigError
 from docpipe.loading import FileEntry, checked_metadata, collect_files, read_document, size_problem
+from docpipe.parse_batches import parse_groups
 from docpipe.search import (
     GroupBy,
     Hit,
@@ -289,10 +290,11 @@ class Client(LifecycleOps):
                 if created and doc.failed_reason is None
             ]  # fmt: skip
             new_ids += store.twin_versions(session, collection_id, new_ids)  # a rechunk running parses them too
+            tasks = parse_groups(session, new_ids, self.settings.parse)
         job.document_ids.extend(doc_id for doc_id, _ in rows)
         job.created += sum(created for _, created in rows)
-        if new_ids:
-            self.task_queue.enqueue_parse(new_ids)
+        if tasks:
+            self.task_queue.enqueue_parse(tasks)
 
     # --- search -------------------------------------------------------------
 
@@ -424,8 +426,9 @@ class Client(LifecycleOps):
         """Queue failed documents again with a fresh attempt count; returns how many."""
         with self.sessions.begin() as session:
             retried = states.requeue_failed(session, collection=collection, ids=ids)
-        if retried:
-            self.task_queue.enqueue_parse(retried)
+            tasks = parse_groups(session, retried, self.settings.parse)
+        if tasks:
+            self.task_queue.enqueue_parse(tasks)
         return len(retried)
 
     def purge_failed(self, collection: str | None = None) -> int:

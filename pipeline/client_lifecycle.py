@@ -11,6 +11,7 @@ from docpipe import states, store
 from docpipe.config import TokenChunker
 from docpipe.errors import ConfigError
 from docpipe.loading import checked_metadata, display_path
+from docpipe.parse_batches import parse_groups
 from docpipe.sync import SyncReport, file_digest, plan_sync, scan_root
 
 if TYPE_CHECKING:
@@ -183,7 +184,9 @@ class LifecycleOps:
                 store.start_reindex(session, coll.id, model_id)
             else:
                 chunker = self._chunker(coll.chunking, rechunk).model_dump(mode="json")
-                twins = store.start_rechunk(session, coll.id, chunker, model_id)
+                twins = parse_groups(
+                    session, store.start_rechunk(session, coll.id, chunker, model_id), self.settings.parse
+                )
         with self.sessions.begin() as session:  # a collection without chunks switches at once
             store.switch_finished(session, model_id)
         if rechunk is None:

@@ -33,7 +33,8 @@ def default_cache_dir() -> Path:
 
 
 class ParseLimits(BaseModel):
-    """Limits on one document's parse, enforced in a sandboxed child process."""
+    """How documents are parsed: limits on one document's parse (enforced in a sandboxed child process),
+    page ranges, and the batching of small documents."""
 
     max_bytes: int = 256 * 1024 * 1024  # bytes; larger files fail as too large at ingest
     max_pages: int = 10_000  # pages; longer PDFs fail as too large
@@ -42,6 +43,8 @@ class ParseLimits(BaseModel):
     split_pages: int = 64  # PDFs longer than this many pages are parsed in ranges of it, in parallel tasks; 0: never
     max_chars: int = 32_000_000  # characters of text one parse may produce (~10,000 full pages); more fails
     max_chunks: int = 100_000  # chunks one document may produce; more fails as too large
+    batch_documents: int = Field(default=32, ge=1)  # small documents per parse task (one claim, one write); 1: never
+    batch_max_bytes: int = 256 * 1024  # bytes; documents up to this size share parse tasks (images never do)
 
 
 class OcrConfig(BaseModel):

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Sequence
 from types import TracebackType
 
 from sqlalchemy.exc import SQLAlchemyError
@@ -25,16 +26,15 @@ log = logging.getLogger(__name__)
 
 
 class LeaseKeeper:
-    """Context manager: renews claim `attempt` on a document every `lease_s / 3` seconds until exit."""
+    """Context manager: renews the (document id, attempt) `claims` every `lease_s / 3` seconds until exit."""
 
-    def __init__(self, sessions: sessionmaker[Session], document_id: int, attempt: int, *, lease_s: int) -> None:
+    def __init__(self, sessions: sessionmaker[Session], claims: Sequence[tuple[int, int]], *, lease_s: int) -> None:
         self.sessions = sessions
-        self.document_id = document_id
-        self.attempt = attempt
+        self.claims = list(claims)
         self.lease_s = lease_s
-        self.renewals = 0  # leases extended so far
+        self.renewals = 0  # rounds of renewals so far
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name=f"lease-{document_id}", daemon=True)
+        self._thread = threading.Thread(target=self._run, name=f"lease-{self.claims[0][0]}", daemon=True)
 
     def __enter__(self) -> LeaseKeeper:
         self._thread.start()
@@ -48,8 +48,8 @@ class LeaseKeeper:
         while not self._stop.wait(self.lease_s / 3):
             try:
                 with self.sessions.begin() as session:
-                    if not states.renew_claim(session, self.document_id, self.attempt, lease_s=self.lease_s):
-                        return  # finished, failed, or taken over: nothing left to keep
+                    if not states.renew_claims(session, self.claims, lease_s=self.lease_s):
+                        return  # all finished, failed, or taken over: nothing left to keep
                 self.renewals += 1
             except SQLAlchemyError as err:  # the next tick tries again; the lease has two thirds left
-                log.warning("could not renew the lease of document %d: %s", self.document_id, err)
+                log.warning("could not renew the leases of documents %s: %s", [d for d, _ in self.claims], err)

@@ -49,31 +49,6 @@ def chunker_of(doc: store.ClaimedDocument, settings: Settings) -> TokenChunker:
     return TokenChunker.model_validate(doc.chunking) if doc.chunking else settings.chunk
 
 
-def _save(
-    sessions: sessionmaker[Session],
-    doc: store.ClaimedDocument,
-    chunks: list,
-    parsed: ParsedDocument,
-    *,
-    max_chunks: int,
-) -> ParseOutcome:
-    """Store the chunks, or fail the document when there are more than `max_chunks` (parse.max_chunks)."""
-    if len(chunks) > max_chunks:
-        reason = f"document produced {len(chunks)} chunks, more than the limit of {max_chunks} (parse.max_chunks)"
-        with sessions.begin() as session:
-            store.fail_document(session, doc, reason)
-        return ParseOutcome(doc.id, "failed", reason=reason)
-    with sessions.begin() as session:
-        state = store.save_chunks(
-            session, doc, chunks, page_count=parsed.page_count, title=parsed.title,
-            why_no_text="; ".join(parsed.warnings),
-        )  # fmt: skip
-    if state is None:
-        return ParseOutcome(doc.id, "skipped", reason="claim lost to a newer attempt")
-    models = [m for m in (doc.model, doc.next_model) if m] if chunks else []
-    return ParseOutcome(doc.id, state, models=models, chunks=len(chunks))
-
-
 def page_ranges(page_count: int, size: int, first: int | None = None) -> list[tuple[int, int]]:
     """1-based inclusive ranges of `size` pages covering pages `first` (default size+1)..page_count."""
     first = size + 1 if first is None else first
@@ -125,6 +100,15 @@ def _rest_of_part(parsed: ParsedDocument, end: int, settings: Settings) -> list[
     )  # fmt: skip
 
 
+@dataclass
+class BatchOutcome:
+    """What `parse_documents` did: one outcome per document it settled, and the transient error, if any,
+    that sent others back to `queued` (or left them claimed under the task's token) for the task's retry."""
+
+    outcomes: list[ParseOutcome]
+    retry: Exception | None = None
+
+
 def parse_document(
     document_id: int,
     *,
@@ -134,41 +118,82 @@ def parse_document(
     tokenizer_for: Callable[[str, int], ChunkTokenizer] | None = None,
     token: str | None = None,
 ) -> ParseOutcome:
-    """Claim, parse (sandboxed), chunk and store one document.
+    """Claim, parse (sandboxed), chunk and store one document: `parse_documents` of one, raising its
+    transient error (`TRANSIENT`) for the caller to retry once the document went back to `queued`."""
+    done = parse_documents(
+        [document_id], sessions=sessions, parser=parser, settings=settings, tokenizer_for=tokenizer_for, token=token
+    )
+    if done.retry is not None and not done.outcomes:
+        raise done.retry
+    return done.outcomes[0]
+
+
+def parse_documents(
+    document_ids: Sequence[int],
+    *,
+    sessions: sessionmaker[Session],
+    parser: SandboxedParser,
+    settings: Settings,
+    tokenizer_for: Callable[[str, int], ChunkTokenizer] | None = None,
+    token: str | None = None,
+) -> BatchOutcome:
+    """Claim, parse (sandboxed), chunk and store documents: one claim and one write transaction for all.
+
+    Small documents share a task (`parse_batches`), so what a document costs besides its parse (claim,
+    lease, a transaction, a COPY and the BM25 trigger's statement) is paid once per batch.
 
     A PDF longer than `parse.split_pages` (a scan: `ocr.split_pages`; an image: more frames than
-    `ocr.split_pages`) is split: this call parses the first
-    range and returns the other parts for separate tasks (see `parse_part`).
-    Permanent errors fail the document with their message as the reason;
-    transient ones (`TRANSIENT`) put it back to `queued` and propagate, until
-    the attempt limit (`RetryPolicy`) fails it for good. `token` names the
-    claim (the task id): a retry under the same token resumes the claim even
-    when the error left it `parsing` (e.g. the database went away mid-save).
+    `ocr.split_pages`) is split: this call parses the first range and returns the other parts for
+    separate tasks (see `parse_part`). Permanent errors fail their document with their message as
+    the reason; a transient one (`TRANSIENT`) puts its document back to `queued` and is returned as
+    `retry`, until the attempt limit (`RetryPolicy`) fails the document for good. `token` names the
+    claim (the task id): a retry under the same token resumes its claims even when an error left
+    them `parsing` (e.g. the database went away mid-save).
     """
     tokenizer_for = tokenizer_for or _tokenizer_for(settings)
     policy, lease_s = RetryPolicy.of(settings), settings.worker.lease_s
     with sessions.begin() as session:
-        doc = store.claim_for_parse(
-            session, document_id, lease_s=lease_s, token=token, max_attempts=policy.max_attempts
+        docs = store.claim_documents(
+            session, document_ids, lease_s=lease_s, token=token, max_attempts=policy.max_attempts
         )
-        if doc is None:
-            if gave_up := states.fail_exhausted(
-                session, max_attempts=policy.max_attempts, document_id=document_id, token=token
-            ):
-                return ParseOutcome(document_id, "failed", reason=gave_up[document_id])
-            return ParseOutcome(document_id, "skipped")
-    with LeaseKeeper(sessions, doc.id, doc.attempts, lease_s=lease_s):
-        return _parse_claimed(doc, sessions=sessions, parser=parser, settings=settings, tokenizer_for=tokenizer_for)
+        claimed = {doc.id for doc in docs}
+        others = [d for d in document_ids if d not in claimed]
+        gave_up = (
+            states.fail_exhausted(session, max_attempts=policy.max_attempts, document_ids=others, token=token)
+            if others
+            else {}
+        )
+    outcomes = [
+        ParseOutcome(d, "failed", reason=gave_up[d]) if d in gave_up else ParseOutcome(d, "skipped") for d in others
+    ]
+    if not docs:
+        return BatchOutcome(outcomes)
+    results: list[store.ParsedChunks | ParseOutcome | Exception] = []
+    with LeaseKeeper(sessions, [(doc.id, doc.attempts) for doc in docs], lease_s=lease_s):
+        for doc in docs:
+            try:
+                results.append(_parse_and_chunk(doc, sessions=sessions, parser=parser, settings=settings,
+                                                tokenizer_for=tokenizer_for))  # fmt: skip
+            except (PermanentError, *TRANSIENT) as err:
+                results.append(err)
+        try:
+            with sessions.begin() as session:
+                outcomes += _store_results(session, docs, results, settings, policy)
+        except TRANSIENT as err:  # nothing was written: every document goes back for the retry
+            return BatchOutcome(outcomes + _give_back(sessions, docs, err, policy), retry=err)
+    retry = next((r for r in results if isinstance(r, TRANSIENT)), None)
+    return BatchOutcome(outcomes, retry=retry)
 
 
-def _parse_claimed(
+def _parse_and_chunk(
     doc: store.ClaimedDocument,
     *,
     sessions: sessionmaker[Session],
     parser: SandboxedParser,
     settings: Settings,
     tokenizer_for: Callable[[str, int], ChunkTokenizer],
-) -> ParseOutcome:
+) -> store.ParsedChunks | ParseOutcome:
+    """The document's chunks to store, or the outcome of splitting it into page ranges (stored here)."""
     split = settings.parse.split_pages
     kind = normalize_media_type(doc.media_type)
     ocr_on = settings.ocr.mode != "off"
@@ -176,63 +201,115 @@ def _parse_claimed(
         split = settings.ocr.split_pages
     splittable = split > 0 and (kind == PDF or (kind in IMAGES and ocr_on))
     budget = settings.ocr.split_pages if splittable and ocr_on else None
-    try:
-        if splittable:  # the child keeps the bytes for the ranges this process parses next
-            parsed = parser.parse(
-                StoredBytes(doc.content_key, lambda: doc.content), with_page_range(kind, 1, split), ocr_budget=budget
-            )
-        else:
-            parsed = parser.parse(doc.content, doc.media_type)
-        ranges = _rest_of(parsed, settings, split) if splittable else []
-        if ranges:
-            with sessions.begin() as session:
-                kept = store.split_into_parts(session, doc, parsed.blocks, ranges, page_count=parsed.page_count,
-                                              lease_s=settings.worker.lease_s)  # fmt: skip
-            if not kept:
-                return ParseOutcome(doc.id, "skipped", reason="claim lost to a newer attempt")
-            return ParseOutcome(doc.id, "split", attempt=doc.attempts, parts=list(range(1, len(ranges) + 1)))
-        chunker = chunker_of(doc, settings)
-        tok = tokenizer_for(doc.model, chunker.max_tokens)
-        chunks = chunk_document(parsed.blocks, tok, overlap_tokens=chunker.overlap_tokens, title=parsed.title)
-        return _save(sessions, doc, chunks, parsed, max_chunks=settings.parse.max_chunks)
-    except PermanentError as err:
+    if splittable:  # the child keeps the bytes for the ranges this process parses next
+        parsed = parser.parse(
+            StoredBytes(doc.content_key, lambda: doc.content), with_page_range(kind, 1, split), ocr_budget=budget
+        )
+    else:
+        parsed = parser.parse(doc.content, doc.media_type)
+    ranges = _rest_of(parsed, settings, split) if splittable else []
+    if ranges:
         with sessions.begin() as session:
-            store.fail_document(session, doc, str(err))
-        return ParseOutcome(doc.id, "failed", reason=str(err))
-    except TRANSIENT as err:
-        return _after_transient(sessions, doc, err, RetryPolicy.of(settings))
+            kept = store.split_into_parts(session, doc, parsed.blocks, ranges, page_count=parsed.page_count,
+                                          lease_s=settings.worker.lease_s)  # fmt: skip
+        if not kept:
+            return ParseOutcome(doc.id, "skipped", reason="claim lost to a newer attempt")
+        return ParseOutcome(doc.id, "split", attempt=doc.attempts, parts=list(range(1, len(ranges) + 1)))
+    chunker = chunker_of(doc, settings)
+    tok = tokenizer_for(doc.model, chunker.max_tokens)
+    chunks = chunk_document(parsed.blocks, tok, overlap_tokens=chunker.overlap_tokens, title=parsed.title)
+    return store.ParsedChunks(doc, chunks, parsed.page_count, parsed.title, "; ".join(parsed.warnings))
 
 
-def _after_transient(
-    sessions: sessionmaker[Session],
-    doc: store.ClaimedDocument,
-    err: Exception,
+def _store_results(
+    session: Session,
+    docs: Sequence[store.ClaimedDocument],
+    results: Sequence[store.ParsedChunks | ParseOutcome | Exception],
+    settings: Settings,
     policy: RetryPolicy,
-    *,
-    release: bool = True,
-) -> ParseOutcome:
-    """Fail the document when this was its last attempt; else put it back to `queued` and re-raise `err`.
+) -> list[ParseOutcome]:
+    """In one transaction: store the chunked documents, fail those with a permanent error or too many
+    chunks (`parse.max_chunks`), and give back those with a transient one."""
+    states.lock_keys(session, [doc.id for doc in docs])  # every key first: no lock order to get wrong below
+    outcomes: list[ParseOutcome] = []
+    to_save: list[store.ParsedChunks] = []
+    transient: list[tuple[store.ClaimedDocument, Exception]] = []
+    max_chunks = settings.parse.max_chunks
+    for doc, result in zip(docs, results, strict=True):
+        if isinstance(result, ParseOutcome):
+            outcomes.append(result)
+        elif isinstance(result, TRANSIENT):
+            transient.append((doc, result))
+        elif isinstance(result, Exception):
+            store.fail_document(session, doc, str(result))
+            outcomes.append(ParseOutcome(doc.id, "failed", reason=str(result)))
+        elif len(result.chunks) > max_chunks:
+            reason = (
+                f"document produced {len(result.chunks)} chunks, more than the limit of {max_chunks} (parse.max_chunks)"
+            )
+            store.fail_document(session, doc, reason)
+            outcomes.append(ParseOutcome(doc.id, "failed", reason=reason))
+        else:
+            to_save.append(result)
+    saved = store.save_parsed(session, to_save) if to_save else {}
+    for p in to_save:
+        if (state := saved[p.doc.id]) is None:
+            outcomes.append(ParseOutcome(p.doc.id, "skipped", reason="claim lost to a newer attempt"))
+        else:
+            models = [m for m in (p.doc.model, p.doc.next_model) if m] if p.chunks else []
+            outcomes.append(ParseOutcome(p.doc.id, state, models=models, chunks=len(p.chunks)))
+    for doc, err in transient:
+        outcomes += _release_or_fail(session, doc, _reason_of(err), policy)
+    return outcomes
 
-    With `release` False (a split document's join: its parts would go) the document stays `parsing`
-    for the task's retry to resume. When the database refuses the write, the document also stays
-    `parsing` under this claim: the task's retry resumes it (same token), or the sweeper once the
-    lease runs out.
-    """
-    reason = (
-        f"{type(err).__name__}: {getattr(err, 'orig', None) or err}"
-        if not isinstance(err, RetryableError)
-        else str(err)
-    )
+
+def _reason_of(err: Exception) -> str:
+    if isinstance(err, RetryableError):
+        return str(err)
+    return f"{type(err).__name__}: {getattr(err, 'orig', None) or err}"
+
+
+def _release_or_fail(
+    session: Session, doc: store.ClaimedDocument, reason: str, policy: RetryPolicy
+) -> list[ParseOutcome]:
+    """Fail the document when this was its last attempt (its outcome); else put it back to `queued` (none)."""
+    if policy.exhausted(doc.attempts):
+        reason = policy.gave_up(doc.attempts, reason)
+        store.fail_document(session, doc, reason)
+        return [ParseOutcome(doc.id, "failed", reason=reason)]
+    store.release_for_retry(session, doc, reason)
+    return []
+
+
+def _give_back(
+    sessions: sessionmaker[Session], docs: Sequence[store.ClaimedDocument], err: Exception, policy: RetryPolicy
+) -> list[ParseOutcome]:
+    """`_release_or_fail` for each document after `err` stopped their write. When the database refuses
+    this too, they stay `parsing` under this claim: the task's retry resumes them (same token), or the
+    sweeper once the leases run out."""
     try:
         with sessions.begin() as session:
-            if policy.exhausted(doc.attempts):
+            states.lock_keys(session, [doc.id for doc in docs])
+            return [out for doc in docs for out in _release_or_fail(session, doc, _reason_of(err), policy)]
+    except (SQLAlchemyError, psycopg.Error) as also:
+        log.warning("documents %s: could not record %r: %s", [doc.id for doc in docs], _reason_of(err)[:200], also)
+        return []
+
+
+def _after_join_failed(
+    sessions: sessionmaker[Session], doc: store.ClaimedDocument, err: Exception, policy: RetryPolicy
+) -> ParseOutcome:
+    """Fail a split document whose join (chunking all its parts) failed on its last attempt; else re-raise
+    `err`, the document staying `parsing` (its parts would go) for the task's retry to resume."""
+    reason = _reason_of(err)
+    if policy.exhausted(doc.attempts):
+        try:
+            with sessions.begin() as session:
                 reason = policy.gave_up(doc.attempts, reason)
                 store.fail_document(session, doc, reason)
                 return ParseOutcome(doc.id, "failed", reason=reason)
-            if release:
-                store.release_for_retry(session, doc, reason)
-    except (SQLAlchemyError, psycopg.Error) as also:  # the retry (or the sweeper) takes it from here
-        log.warning("document %d: could not record %r: %s", doc.id, reason[:200], also)
+        except (SQLAlchemyError, psycopg.Error) as also:  # the retry (or the sweeper) takes it from here
+            log.warning("document %d: could not record %r: %s", doc.id, reason[:200], also)
     raise err
 
 
@@ -299,19 +376,20 @@ def parse_part(
             states.hand_claim(session, doc.id, doc.attempts, token)
     if not last:
         return ParseOutcome(doc.id, "parsing", attempt=doc.attempts, parts=new_parts)
-    with LeaseKeeper(sessions, doc.id, doc.attempts, lease_s=lease_s):
+    with LeaseKeeper(sessions, [(doc.id, doc.attempts)], lease_s=lease_s):
         try:
             with sessions.begin() as session:
                 blocks = store.part_blocks(session, doc.id)
             chunker = chunker_of(doc, settings)
             tok = (tokenizer_for or _tokenizer_for(settings))(doc.model, chunker.max_tokens)
             chunks = chunk_document(blocks, tok, overlap_tokens=chunker.overlap_tokens, title=parsed.title)
-            parsed = ParsedDocument(blocks, parsed.page_count, parsed.title, warnings=parsed.warnings)
-            return _save(sessions, doc, chunks, parsed, max_chunks=settings.parse.max_chunks)
+            joined = store.ParsedChunks(doc, chunks, parsed.page_count, parsed.title, "; ".join(parsed.warnings))
+            with sessions.begin() as session:
+                return _store_results(session, [doc], [joined], settings, policy)[0]
         except TRANSIENT as err:
             if token is None:  # nobody can resume: leave the document to the sweeper (lease)
                 raise
-            return _after_transient(sessions, doc, err, policy, release=False)
+            return _after_join_failed(sessions, doc, err, policy)
 
 
 def _resume_join(
@@ -323,7 +401,7 @@ def _resume_join(
     )
     if row is None:
         if gave_up := states.fail_exhausted(
-            session, max_attempts=policy.max_attempts, document_id=document_id, token=token
+            session, max_attempts=policy.max_attempts, document_ids=[document_id], token=token
         ):
             return ParseOutcome(document_id, "failed", reason=gave_up[document_id])
         return None

@@ -41,6 +41,7 @@ __all__ = [
     "fail_exhausted",
     "finish_parse",
     "hand_claim",
+    "held_claims",
     "holds_claim",
     "initial_state",
     "lock_keys",
@@ -49,7 +50,7 @@ __all__ = [
     "promote",
     "record_embed_error",
     "release_claimed",
-    "renew_claim",
+    "renew_claims",
     "requeue_failed",
     "resume_join",
 ]
@@ -127,47 +128,56 @@ def promote(session: Session, document_ids: Sequence[int]) -> list[int]:
 
 
 def claim_for_parse(
-    session: Session, document_id: int, *, lease_s: int, token: str | None = None, max_attempts: int | None = None
-) -> Any | None:
-    """queued, or parsing with an expired lease or under this `token` → parsing, attempts + 1; None when not ours.
+    session: Session,
+    document_ids: Sequence[int],
+    *,
+    lease_s: int,
+    token: str | None = None,
+    max_attempts: int | None = None,
+) -> list[Any]:
+    """queued, or parsing with an expired lease or under this `token` → parsing, attempts + 1; the rows claimed.
 
     `token` names the claimer (a task id, the same for every retry of one message): a retry takes its
-    own claim back at once, as a new attempt (older writes under the previous attempt are fenced
-    out). No claim once `attempts` reached `max_attempts` (see `fail_exhausted`).
+    own claims back at once, as new attempts (older writes under the previous attempt are fenced
+    out). No claim once `attempts` reached `max_attempts` (see `fail_exhausted`). Ids not claimed
+    are not ours to parse; rows come back in id order (the order their locks were taken).
     """
-    return session.execute(
-        text(
-            "UPDATE documents d SET state = :parsing, attempts = attempts + 1, claimed_by = :token, "
-            "lease_until = now() + make_interval(secs => :lease), updated_at = now() "
-            "FROM collections c "
-            "WHERE d.id = :id AND c.id = d.collection_id AND (d.state = :queued "
-            "   OR (d.state = :parsing AND (d.lease_until < now() OR d.claimed_by = :token))) "
-            "AND (CAST(:max AS int) IS NULL OR d.attempts < :max) "
-            "RETURNING d.id, d.collection_id, d.source, d.media_type, d.content, d.sha256, d.attempts, "
-            "   c.model_id, (SELECT name FROM embedding_models WHERE id = c.model_id) AS model, c.chunking, "
-            "   (SELECT name FROM embedding_models WHERE id = c.next_model_id) AS next_model"
-        ),
-        {
-            "id": document_id,
-            "lease": lease_s,
-            "token": token,
-            "max": max_attempts,
-            "parsing": DocState.PARSING,
-            "queued": DocState.QUEUED,
-        },
-    ).first()
+    return list(
+        session.execute(
+            text(
+                "UPDATE documents d SET state = :parsing, attempts = d.attempts + 1, claimed_by = :token, "
+                "lease_until = now() + make_interval(secs => :lease), updated_at = now() "
+                "FROM collections c, (SELECT id FROM documents WHERE id = ANY(:ids) ORDER BY id FOR UPDATE) k "
+                "WHERE d.id = k.id AND c.id = d.collection_id AND (d.state = :queued "
+                "   OR (d.state = :parsing AND (d.lease_until < now() OR d.claimed_by = :token))) "
+                "AND (CAST(:max AS int) IS NULL OR d.attempts < :max) "
+                "RETURNING d.id, d.collection_id, d.source, d.media_type, d.content, d.sha256, d.attempts, "
+                "   c.model_id, (SELECT name FROM embedding_models WHERE id = c.model_id) AS model, c.chunking, "
+                "   (SELECT name FROM embedding_models WHERE id = c.next_model_id) AS next_model"
+            ),
+            {
+                "ids": list(document_ids),
+                "lease": lease_s,
+                "token": token,
+                "max": max_attempts,
+                "parsing": DocState.PARSING,
+                "queued": DocState.QUEUED,
+            },
+        ).all()
+    )
 
 
-def renew_claim(session: Session, document_id: int, attempt: int, *, lease_s: int) -> bool:
-    """Extend the lease of claim `attempt` to `lease_s` seconds from now; False once the claim is gone."""
+def renew_claims(session: Session, claims: Sequence[tuple[int, int]], *, lease_s: int) -> int:
+    """Extend the leases of these (document id, attempt) claims to `lease_s` seconds from now; how many still hold."""
     result = session.execute(
         text(
-            "UPDATE documents SET lease_until = now() + make_interval(secs => :l) "
-            "WHERE id = :d AND state = :parsing AND attempts = :a"
+            "UPDATE documents d SET lease_until = now() + make_interval(secs => :l) "
+            "FROM unnest(CAST(:ids AS bigint[]), CAST(:attempts AS int[])) AS k(id, attempt) "
+            "WHERE d.id = k.id AND d.state = :parsing AND d.attempts = k.attempt"
         ),
-        {"d": document_id, "a": attempt, "l": lease_s, "parsing": DocState.PARSING},
+        {"ids": [d for d, _ in claims], "attempts": [a for _, a in claims], "l": lease_s, "parsing": DocState.PARSING},
     )
-    return bool(result.rowcount)
+    return int(result.rowcount)
 
 
 def resume_join(
@@ -210,10 +220,17 @@ def hand_claim(session: Session, document_id: int, attempt: int, token: str | No
 
 def holds_claim(session: Session, document_id: int, attempt: int) -> bool:
     """Lock the row; True while claim `attempt` still holds it (False when superseded or deleted)."""
-    row = session.execute(
-        text("SELECT state, attempts FROM documents WHERE id = :d FOR UPDATE"), {"d": document_id}
-    ).first()
-    return row is not None and row.state == DocState.PARSING and row.attempts == attempt
+    return document_id in held_claims(session, [(document_id, attempt)])
+
+
+def held_claims(session: Session, claims: Sequence[tuple[int, int]]) -> set[int]:
+    """Lock these documents' rows (in id order); the ids whose (document id, attempt) claim still holds."""
+    wanted = dict(claims)
+    rows = session.execute(
+        text("SELECT id, state, attempts FROM documents WHERE id = ANY(:ids) ORDER BY id FOR UPDATE"),
+        {"ids": list(wanted)},
+    ).all()
+    return {r.id for r in rows if r.state == DocState.PARSING and r.attempts == wanted[r.id]}
 
 
 def finish_parse(
@@ -376,25 +393,25 @@ def fail_exhausted(
     session: Session,
     *,
     max_attempts: int,
-    document_id: int | None = None,
+    document_ids: Sequence[int] | None = None,
     token: str | None = None,
     limit: int = 10_000,
 ) -> dict[int, str]:
     """Claimable documents that used up their attempts → failed (`RetryPolicy.gave_up`); id → reason.
 
     Claimable: queued, parsing with an expired lease, or parsing under `token` (a retry that would
-    resume its own claim). Without `document_id`: every such document (the sweeper's pass).
+    resume its own claim). Without `document_ids`: every such document (the sweeper's pass).
     """
     rows = session.execute(
         text(
             "SELECT id, attempts, last_error, state = :parsing AND lease_until < now() AS expired FROM documents "
-            "WHERE attempts >= :max AND (CAST(:id AS bigint) IS NULL OR id = :id) AND (state = :queued "
+            "WHERE attempts >= :max AND (CAST(:ids AS bigint[]) IS NULL OR id = ANY(:ids)) AND (state = :queued "
             "  OR (state = :parsing AND (lease_until < now() OR claimed_by = :token))) "
             "ORDER BY id LIMIT :limit FOR UPDATE SKIP LOCKED"
         ),
         {
             "max": max_attempts,
-            "id": document_id,
+            "ids": None if document_ids is None else list(document_ids),
             "token": token,
             "limit": limit,
             "parsing": DocState.PARSING,

@@ -19,8 +19,9 @@ ENTRY_POINT_GROUP = "docpipe.task_queues"
 
 
 class TaskQueue(Protocol):
-    def enqueue_parse(self, document_ids: Sequence[int]) -> None:
-        """Wake parse workers for these documents (ids only; bytes stay in Postgres)."""
+    def enqueue_parse(self, tasks: Sequence[Sequence[int]]) -> None:
+        """Wake parse workers: one task per list of document ids (`docpipe.parse_batches`; ids only, bytes
+        stay in Postgres)."""
 
     def enqueue_embed(self, model: str) -> None:
         """Wake an embed worker for pending chunks of `model`."""

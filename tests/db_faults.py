@@ -18,10 +18,10 @@ _seqs = itertools.count()
 INSTALL = """
 CREATE TABLE IF NOT EXISTS test_faults (tbl text, row_id bigint, state text, times int, seq text);
 CREATE OR REPLACE FUNCTION test_fault() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN
-  IF EXISTS (SELECT 1 FROM test_faults f WHERE f.tbl = TG_TABLE_NAME
-      AND f.row_id = (to_jsonb(NEW) ->> TG_ARGV[0])::bigint
-      AND (f.state IS NULL OR f.state = to_jsonb(NEW) ->> 'state')
-      AND nextval(f.seq) <= f.times) THEN
+  IF EXISTS (SELECT 1 FROM test_faults f WHERE CASE  -- only a matching row counts against the fault's times
+      WHEN f.tbl = TG_TABLE_NAME AND f.row_id = (to_jsonb(NEW) ->> TG_ARGV[0])::bigint
+        AND (f.state IS NULL OR f.state = to_jsonb(NEW) ->> 'state') THEN nextval(f.seq) <= f.times
+      ELSE false END) THEN
     RAISE EXCEPTION 'injected fault on %', TG_TABLE_NAME USING ERRCODE = 'admin_shutdown';
   END IF;
   RETURN NEW;

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from docpipe.config import Settings
-from docpipe.workers.queues import EMBED_TASK, PARSE_TASK, RERANK_TASK, ROUTES
+from docpipe.workers.queues import EMBED_TASK, PARSE_BATCH_TASK, PARSE_TASK, RERANK_TASK, ROUTES
 
 
 class CeleryTaskQueue:
@@ -14,10 +14,13 @@ class CeleryTaskQueue:
 
         self.app = make_app(settings)
 
-    def enqueue_parse(self, document_ids: Sequence[int]) -> None:
-        with self.app.producer_or_acquire() as producer:  # one connection for the whole batch
-            for doc_id in document_ids:
-                self.app.send_task(PARSE_TASK, args=(int(doc_id),), producer=producer, **ROUTES[PARSE_TASK])
+    def enqueue_parse(self, tasks: Sequence[Sequence[int]]) -> None:
+        with self.app.producer_or_acquire() as producer:  # one connection for all the messages
+            for ids in tasks:
+                name, args = (
+                    (PARSE_TASK, (int(ids[0]),)) if len(ids) == 1 else (PARSE_BATCH_TASK, ([int(i) for i in ids],))
+                )
+                self.app.send_task(name, args=args, producer=producer, **ROUTES[name])
 
     def enqueue_embed(self, model: str) -> None:
         self.app.send_task(EMBED_TASK, args=(model,), **ROUTES[EMBED_TASK])

@@ -5,6 +5,7 @@ EMBED_QUEUE = "embed"  # GPU (or fast-CPU) workers
 RERANK_QUEUE = "rerank"  # query-time cross-encoder, beside the embedder
 
 PARSE_TASK = "docpipe.parse"
+PARSE_BATCH_TASK = "docpipe.parse_batch"  # small documents, several per task
 PARSE_PART_TASK = "docpipe.parse_part"
 EMBED_TASK = "docpipe.embed"
 RERANK_TASK = "docpipe.rerank"
@@ -12,6 +13,7 @@ SWEEP_TASK = "docpipe.sweep"
 
 ROUTES = {
     PARSE_TASK: {"queue": PARSE_QUEUE},
+    PARSE_BATCH_TASK: {"queue": PARSE_QUEUE},
     PARSE_PART_TASK: {"queue": PARSE_QUEUE},
     SWEEP_TASK: {"queue": PARSE_QUEUE},
     EMBED_TASK: {"queue": EMBED_QUEUE},

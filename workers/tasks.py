@@ -21,6 +21,7 @@ from docpipe.workers.context import get_context
 from docpipe.workers.queues import (
     EMBED_QUEUE,
     EMBED_TASK,
+    PARSE_BATCH_TASK,
     PARSE_PART_TASK,
     PARSE_QUEUE,
     PARSE_TASK,
@@ -61,6 +62,31 @@ def parse(self: Any, document_id: int) -> dict:
     for part in out.parts:  # a long PDF: its other page ranges go to any free parse process
         parse_part.delay(document_id, part, out.attempt)
     return _next_step(out)
+
+
+@shared_task(bind=True, name=PARSE_BATCH_TASK, ignore_result=True)
+def parse_batch(self: Any, document_ids: list[int]) -> dict:
+    """Parse and chunk several small documents in one claim and one write; wake the embedders once.
+
+    Documents a transient error sent back are parsed again by this task's retry (same token); the
+    others are settled and not claimed again."""
+    ctx = _ctx()
+    try:
+        with metrics.PARSE_SECONDS.time():
+            done = processing.parse_documents(
+                document_ids, sessions=ctx.sessions, parser=ctx.parser, settings=ctx.settings, token=self.request.id
+            )
+    except TRANSIENT as exc:
+        _retry(self, exc)
+    for out in done.outcomes:
+        for part in out.parts:
+            parse_part.delay(out.document_id, part, out.attempt)
+        metrics.DOCUMENTS.labels(outcome=out.state).inc()
+    for model in sorted({m for out in done.outcomes if out.state == "embedding" for m in out.models}):
+        wake_embedder(model)
+    if done.retry is not None:
+        _retry(self, done.retry)
+    return {"documents": len(document_ids), "settled": len(done.outcomes)}
 
 
 @shared_task(bind=True, name=PARSE_PART_TASK, ignore_result=True)

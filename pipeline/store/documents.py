@@ -18,13 +18,17 @@ from docpipe.types import Chunk
 __all__ = [
     "ClaimedDocument",
     "NewDocument",
+    "ParsedChunks",
+    "claim_documents",
     "claim_for_parse",
     "document_content",
     "existing_documents",
     "fail_document",
     "insert_documents",
+    "parse_sizes",
     "release_for_retry",
     "save_chunks",
+    "save_parsed",
     "still_claimed",
 ]
 
@@ -158,17 +162,45 @@ class ClaimedDocument:
         return f"{self.id}:{self.sha256.hex()}"
 
 
-def claim_for_parse(
-    session: Session, document_id: int, *, lease_s: int, token: str | None = None, max_attempts: int | None = None
-) -> ClaimedDocument | None:
-    """Move a queued (or lease-expired, or `token`'s own) document to `parsing`; None when not ours to parse."""
-    row = states.claim_for_parse(session, document_id, lease_s=lease_s, token=token, max_attempts=max_attempts)
-    if row is None:
-        return None
+def claim_documents(
+    session: Session,
+    document_ids: Sequence[int],
+    *,
+    lease_s: int,
+    token: str | None = None,
+    max_attempts: int | None = None,
+) -> list[ClaimedDocument]:
+    """Move the queued (or lease-expired, or `token`'s own) documents among `document_ids` to `parsing`;
+    the ones claimed, in id order (the others are not ours to parse)."""
+    rows = states.claim_for_parse(session, document_ids, lease_s=lease_s, token=token, max_attempts=max_attempts)
+    return [_claimed(row) for row in rows]
+
+
+def _claimed(row: Any) -> ClaimedDocument:
     return ClaimedDocument(
         row.id, row.collection_id, row.source, row.media_type, bytes(row.content), row.attempts, row.model_id,
         row.model, row.chunking, row.next_model, bytes(row.sha256),
     )  # fmt: skip
+
+
+def claim_for_parse(
+    session: Session, document_id: int, *, lease_s: int, token: str | None = None, max_attempts: int | None = None
+) -> ClaimedDocument | None:
+    """`claim_documents` for one document; None when it is not ours to parse."""
+    found = claim_documents(session, [document_id], lease_s=lease_s, token=token, max_attempts=max_attempts)
+    return found[0] if found else None
+
+
+def parse_sizes(session: Session, document_ids: Sequence[int]) -> list[tuple[int, int, str]]:
+    """(id, size in bytes, media type) of these documents, in the order given (gone ones left out)."""
+    rows = session.execute(
+        text(
+            "SELECT d.id, d.size_bytes, d.media_type FROM unnest(CAST(:ids AS bigint[])) WITH ORDINALITY AS k(id, n) "
+            "JOIN documents d ON d.id = k.id ORDER BY k.n"
+        ),
+        {"ids": list(document_ids)},
+    ).all()
+    return [(int(r.id), int(r.size_bytes), r.media_type) for r in rows]
 
 
 def document_content(session: Session, document_id: int) -> bytes:
@@ -182,6 +214,17 @@ def still_claimed(session: Session, doc: ClaimedDocument) -> bool:
     return states.holds_claim(session, doc.id, doc.attempts)
 
 
+@dataclass(frozen=True)
+class ParsedChunks:
+    """One claimed document's chunks and what its parse said, ready to store."""
+
+    doc: ClaimedDocument
+    chunks: Sequence[Chunk]
+    page_count: int
+    title: str | None = None
+    why_no_text: str = ""  # what the parser said (e.g. OCR found nothing), kept in the reason when there are no chunks
+
+
 def save_chunks(
     session: Session,
     doc: ClaimedDocument,
@@ -191,32 +234,62 @@ def save_chunks(
     title: str | None = None,
     why_no_text: str = "",
 ) -> str | None:
-    """Replace the document's chunks and queue them for embedding; returns the new state.
+    """`save_parsed` for one document: its new state, or None when the claim was lost."""
+    return save_parsed(session, [ParsedChunks(doc, chunks, page_count, title, why_no_text)])[doc.id]
 
-    `why_no_text`: what the parser said (e.g. OCR found nothing), kept in the reason when there are no chunks.
 
-    None when the claim was lost (lease expired and another worker took over,
-    or the document was deleted or replaced): nothing is written.
+def save_parsed(session: Session, parsed: Sequence[ParsedChunks]) -> dict[int, str | None]:
+    """Replace each document's chunks and queue them for embedding; document id → new state.
+
+    One COPY (and one run of the BM25 trigger) for all of them. None for a document whose claim was
+    lost (lease expired and another worker took over, or it was deleted or replaced): nothing of it
+    is written.
     """
-    states.lock_keys(session, [doc.id])  # before the row lock, like every version change of a key
-    if not still_claimed(session, doc):
-        return None
-    session.execute(text("DELETE FROM chunks WHERE document_id = :d"), {"d": doc.id})
-    session.execute(text("DELETE FROM document_parts WHERE document_id = :d"), {"d": doc.id})
-    if chunks:
-        with (
-            raw_connection(session).cursor() as cur,
-            cur.copy(
-                "COPY chunks (document_id, ordinal, text, context, token_count, page_start, page_end, heading_path, "
-                "ocr_confidence) "
-                "FROM STDIN WITH (FORMAT BINARY)"
-            ) as copy,
-        ):
-            copy.set_types(["int8", "int4", "text", "text", "int4", "int4", "int4", "text[]", "float4"])
-            for c in chunks:
+    by_id = {p.doc.id: p for p in parsed}
+    states.lock_keys(session, list(by_id))  # before the row locks, like every version change of a key
+    held = states.held_claims(session, [(p.doc.id, p.doc.attempts) for p in parsed])
+    out: dict[int, str | None] = {doc_id: None for doc_id in by_id}
+    if not held:
+        return out
+    ids = sorted(held)
+    session.execute(text("DELETE FROM chunks WHERE document_id = ANY(:ids)"), {"ids": ids})
+    session.execute(text("DELETE FROM document_parts WHERE document_id = ANY(:ids)"), {"ids": ids})
+    with_chunks = [by_id[d] for d in ids if by_id[d].chunks]
+    if with_chunks:
+        _copy_chunks(session, with_chunks)
+        session.execute(  # for each collection's model, and the one a reindex is moving it to
+            text(
+                "INSERT INTO embedding_queue (chunk_id, model_id, document_id, token_count, round) "
+                "SELECT ch.id, m.id, ch.document_id, ch.token_count, ch.ordinal / :q FROM chunks ch "
+                "JOIN documents d ON d.id = ch.document_id JOIN collections c ON c.id = d.collection_id, "
+                "LATERAL (VALUES (c.model_id), (c.next_model_id)) AS m(id) "
+                "WHERE ch.document_id = ANY(:ids) AND m.id IS NOT NULL ON CONFLICT DO NOTHING"
+            ),
+            {"ids": [p.doc.id for p in with_chunks], "q": FAIR_ROUND_CHUNKS},
+        )
+    for doc_id in ids:
+        p = by_id[doc_id]
+        out[doc_id] = states.finish_parse(
+            session, doc_id, chunks=len(p.chunks), page_count=p.page_count, title=p.title, why_no_text=p.why_no_text
+        )
+    return out
+
+
+def _copy_chunks(session: Session, parsed: Sequence[ParsedChunks]) -> None:
+    with (
+        raw_connection(session).cursor() as cur,
+        cur.copy(
+            "COPY chunks (document_id, ordinal, text, context, token_count, page_start, page_end, heading_path, "
+            "ocr_confidence) "
+            "FROM STDIN WITH (FORMAT BINARY)"
+        ) as copy,
+    ):
+        copy.set_types(["int8", "int4", "text", "text", "int4", "int4", "int4", "text[]", "float4"])
+        for p in parsed:
+            for c in p.chunks:
                 copy.write_row(
                     (
-                        doc.id,
+                        p.doc.id,
                         c.ordinal,
                         c.text,
                         c.context,
@@ -227,18 +300,6 @@ def save_chunks(
                         c.ocr_confidence,
                     )
                 )
-        session.execute(  # for the collection's model, and the one a reindex is moving it to
-            text(
-                "INSERT INTO embedding_queue (chunk_id, model_id, document_id, token_count, round) "
-                "SELECT ch.id, m.id, ch.document_id, ch.token_count, ch.ordinal / :q FROM chunks ch "
-                "JOIN collections c ON c.id = :c, LATERAL (VALUES (c.model_id), (c.next_model_id)) AS m(id) "
-                "WHERE ch.document_id = :d AND m.id IS NOT NULL ON CONFLICT DO NOTHING"
-            ),
-            {"c": doc.collection_id, "d": doc.id, "q": FAIR_ROUND_CHUNKS},
-        )
-    return states.finish_parse(
-        session, doc.id, chunks=len(chunks), page_count=page_count, title=title, why_no_text=why_no_text
-    )
 
 
 def fail_document(session: Session, doc: ClaimedDocument, reason: str) -> None:

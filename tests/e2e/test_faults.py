@@ -199,7 +199,9 @@ def test_postgres_restart_drops_connections(tmp_path, model_cache, corpus_dir, c
 
 def test_same_document_enqueued_twice_at_once(tmp_path, model_cache, corpus_dir, clean) -> None:
     def fault(stack: Stack, client: Client, ids: list[int]) -> None:
-        threads = [threading.Thread(target=client.task_queue.enqueue_parse, args=(ids,)) for _ in range(3)]
+        as_batch, one_each = [ids], [[i] for i in ids]  # batch and single claims race for the same documents
+        tasks = (as_batch, one_each, as_batch)
+        threads = [threading.Thread(target=client.task_queue.enqueue_parse, args=(t,)) for t in tasks]
         threads += [
             threading.Thread(
                 target=client.ingest, args=([corpus_dir / f for f in FAULT_DOCS],), kwargs={"collection": "faults"}
@@ -232,7 +234,7 @@ def test_parser_crash_fails_only_the_poison_document(tmp_path, model_cache, corp
                     {"c": coll, "sha": hashlib.sha256(b"poison").digest()},
                 ).scalar_one()
             )
-        client.task_queue.enqueue_parse(poison)
+        client.task_queue.enqueue_parse([poison])
 
     def check(stack: Stack, client: Client) -> None:
         wait_for(

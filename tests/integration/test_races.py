@@ -264,12 +264,12 @@ def test_the_lease_is_renewed_while_the_claim_is_held_and_only_then(sessions, tm
     doc_id = queued(sessions, "test/model-4d", body=b"lease keeper", dim=4)
     with sessions.begin() as s:
         claim = store.claim_for_parse(s, doc_id, lease_s=3)
-    with LeaseKeeper(sessions, doc_id, claim.attempts, lease_s=3) as keeper:
+    with LeaseKeeper(sessions, [(doc_id, claim.attempts)], lease_s=3) as keeper:
         _wait(lambda: keeper.renewals >= 2, "two renewals")
         assert row(sessions, doc_id).lease_left.total_seconds() > 1.5
     renewed = keeper.renewals
     with sessions.begin() as s:  # another attempt took over: a keeper of the old one renews nothing
         s.execute(text("UPDATE documents SET attempts = attempts + 1 WHERE id = :d"), {"d": doc_id})
-    with LeaseKeeper(sessions, doc_id, claim.attempts, lease_s=3) as stale:
+    with LeaseKeeper(sessions, [(doc_id, claim.attempts)], lease_s=3) as stale:
         _wait(lambda: not stale._thread.is_alive(), "the stale keeper to stop")
     assert stale.renewals == 0 and keeper.renewals == renewed
