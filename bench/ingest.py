@@ -19,7 +19,7 @@ _EMBED_LOG = re.compile(
     r"embedded (\d+) chunks \((\d+) tokens\) in (\d+) batches, ([\d.]+) s, model busy (\d+)%.*?; "
     r"forward ([\d.]+) s, claim ([\d.]+) s, write ([\d.]+) s, idle ([\d.]+) s, index ([\d.]+) s"
 )
-_PARSE_TASK_LOG = re.compile(r"Task docpipe\.parse(?:_part)?\[[^\]]*\] succeeded in ([\d.]+)s")
+_PARSE_TASK_LOG = re.compile(r"Task docpipe\.parse(?:_part|_batch)?\[[^\]]*\] succeeded in ([\d.]+)s")
 _SWEEP_EMBED = re.compile(r"docpipe\.sweep\[[^\]]*\] succeeded[^\n]*'embed': \['")
 
 

@@ -81,7 +81,7 @@ class EmbedConfig(BaseModel):
     max_batch_tokens: int = 65_536  # tokens claimed per batch from the database (sorted by length within it)
     micro_batch_tokens: int = 8_192  # padded tokens per forward pass on a GPU (halved on CUDA OOM)
     cpu_micro_batch_tokens: int = 2_048  # padded tokens per forward pass on a CPU: as fast per token, less padding
-    bulk_load_chunks: int = 50_000  # pending chunks above which the HNSW index is dropped and rebuilt after; 0: never
+    bulk_load_chunks: int = 2_000  # pending chunks above which the HNSW index is dropped and rebuilt after; 0: never
     trust_remote_code: bool = False
 
 

@@ -35,6 +35,7 @@ from docpipe.embed.isolate import Isolated, embed_isolating
 from docpipe.retry import RetryPolicy
 
 log = logging.getLogger(__name__)
+DEFER_CHECK_S = 15.0  # seconds between a running drain's checks for a bulk load (`embed_pending`)
 _DONE = object()
 
 
@@ -114,10 +115,14 @@ def embed_pending(
     max_batches: int | None = None,
     depth: int = 2,
     micro_batch_tokens: int | None = None,
+    defer_check_s: float = DEFER_CHECK_S,
 ) -> EmbedStats:
     """Embed pending chunks of `model` across all documents until none is left; returns what it did.
 
     `micro_batch_tokens`: the embedder's packing budget (padded tokens), for the padding statistics only.
+    `defer_check_s`: how often the running drain asks again whether its load calls for dropping the
+    model's HNSW index (`store.defer_index_for_bulk_load`): an ingest streams its chunks in while the
+    drain runs, so the load is seldom large when the drain starts.
     """
     stats = EmbedStats()
     with sessions.begin() as session:
@@ -127,10 +132,6 @@ def embed_pending(
     model_id, _dim = found
     with sessions.begin() as session:  # rows whose claims ran out (workers died on them) fail their documents
         states.fail_embed_exhausted(session, max_attempts=RetryPolicy.of(settings).max_attempts, model_id=model_id)
-    with sessions.begin() as session:
-        stats.index_deferred = store.defer_index_for_bulk_load(
-            session, model_id, min_pending=settings.embed.bulk_load_chunks
-        )
     started = time.perf_counter()
     _run_stages(
         stats,
@@ -141,6 +142,7 @@ def embed_pending(
         max_batches=max_batches,
         depth=depth,
         micro_batch_tokens=micro_batch_tokens or settings.embed.micro_batch_tokens,
+        defer_check_s=defer_check_s,
     )
     if max_batches is None:  # drained: build the index a bulk load dropped, switch reindexed collections
         t0 = time.perf_counter()
@@ -163,6 +165,7 @@ def _run_stages(
     max_batches: int | None,
     depth: int,
     micro_batch_tokens: int,
+    defer_check_s: float,
 ) -> None:
     """Claimer thread → forward passes here → writer thread, until the claimer finds nothing."""
     claimed: queue.Queue = queue.Queue(maxsize=depth)
@@ -171,10 +174,13 @@ def _run_stages(
     stranded: list[store.PendingChunk] = []  # claimed when the drain stopped, never offered
     held = HeldLeases(sessions, model_id, lease_s=settings.worker.lease_s, max_hold_s=settings.worker.task_time_limit_s)
 
+    check_bulk_load = _bulk_load_check(stats, model_id, sessions=sessions, settings=settings, every_s=defer_check_s)
+
     def claim_loop() -> None:
         count = 0
         while not stop.is_set() and (max_batches is None or count < max_batches):
             t0 = time.perf_counter()
+            check_bulk_load()
             with sessions.begin() as session:
                 batch = store.claim_pending_chunks(
                     session,
@@ -217,9 +223,11 @@ def _run_stages(
             if batch is _DONE:
                 break
             result = _forward(sessions, embed, batch)
-            stats.forward_s += time.perf_counter() - t1
+            forward_s = time.perf_counter() - t1
+            stats.forward_s += forward_s
             _put(finished, (batch, result), writer)
             counts = [batch[i].token_count for i in result.ok]
+            log.info("batch of %d chunks, %d tokens: forward %.3f s", len(batch), sum(counts), forward_s)
             stats.chunks += len(counts)
             stats.tokens += sum(counts)
             stats.padded_tokens += padded_slots(counts, micro_batch_tokens)
@@ -236,6 +244,26 @@ def _run_stages(
     for stage in (claimer, writer, keeper):
         if stage.error is not None:
             raise stage.error
+
+
+def _bulk_load_check(
+    stats: EmbedStats, model_id: int, *, sessions: sessionmaker[Session], settings: Settings, every_s: float
+) -> Callable[[], None]:
+    """Asks, at most every `every_s` seconds and until it says yes, whether the load now calls for
+    dropping the model's HNSW index (`store.defer_index_for_bulk_load`); sets `stats.index_deferred`."""
+    check_at = time.monotonic()
+
+    def check() -> None:
+        nonlocal check_at
+        if stats.index_deferred or time.monotonic() < check_at:
+            return
+        check_at = time.monotonic() + every_s
+        with sessions.begin() as session:
+            stats.index_deferred = store.defer_index_for_bulk_load(
+                session, model_id, min_pending=settings.embed.bulk_load_chunks
+            )
+
+    return check
 
 
 def _forward(

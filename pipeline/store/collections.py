@@ -71,7 +71,10 @@ def defer_index_for_bulk_load(session: Session, model_id: int, *, min_pending: i
     ).scalar_one()
     if pending < min_pending:
         return False
-    indexed = session.execute(text("SELECT count(*) FROM embeddings WHERE model_id = :m"), {"m": model_id}).scalar_one()
+    indexed = session.execute(  # counted up to `pending` only: a large index is not scanned to say no
+        text("SELECT count(*) FROM (SELECT 1 FROM embeddings WHERE model_id = :m LIMIT :p) e"),
+        {"m": model_id, "p": pending},
+    ).scalar_one()
     if pending <= indexed:
         return False
     if served := collections_on_index(session, model_id):

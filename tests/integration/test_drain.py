@@ -144,3 +144,22 @@ def test_bulk_load_keeps_the_index_another_collection_searches_with(sessions) ->
     assert seen_during and all(seen_during)  # bulk-served's searches never lost the index
     with sessions.begin() as s:
         assert not store.collection_status(s, "bulk-served")["bulk-served"]["index_deferred"]
+
+
+def test_a_load_that_grows_while_the_drain_runs_drops_the_index_then(sessions) -> None:
+    """Chunks stream in from parse workers while the drain runs: the load is small when the drain starts."""
+    streaming = "test/bulk-streaming-4d"
+    seed(sessions, "bulk-streaming", docs=1, chunks_per_doc=12, model=streaming)  # 12 pending < 20
+    seen_during: list[bool] = []
+
+    def parsing_meanwhile(texts: list[str]) -> np.ndarray:
+        seen_during.append(hnsw_index_exists(sessions, streaming))
+        if len(seen_during) == 1:  # more documents are parsed during the first forward pass: 40 > 12 indexed
+            seed(sessions, "bulk-streaming-more", docs=4, chunks_per_doc=10, model=streaming)
+        return fake_embed(texts)
+
+    cfg = Settings(embed=EmbedConfig(max_batch_tokens=20, bulk_load_chunks=20), worker=WorkerConfig(lease_s=300))
+    stats = embed_pending(streaming, sessions=sessions, embed=parsing_meanwhile, settings=cfg, defer_check_s=0)
+    assert stats.chunks == 52 and stats.index_deferred
+    assert seen_during[0] and not seen_during[-1]  # dropped once the load had grown
+    assert hnsw_index_exists(sessions, streaming) and stats.index_build_s > 0
