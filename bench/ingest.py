@@ -76,17 +76,25 @@ def read_chunk_texts(client, collection: str) -> tuple[list[str], int, int]:
     return texts, sum(r.token_count for r in rows), int(pages)
 
 
-def log_tails(run: RunningStack, offsets: dict[str, int]) -> dict[str, str]:
-    """What each worker logged after the byte offsets taken before the measurement."""
-    out = {}
-    for name, offset in offsets.items():
-        try:
-            with open(run.log_path(name), "rb") as fh:
-                fh.seek(offset)
-                out[name] = fh.read().decode("utf-8", "replace")
-        except OSError:
-            out[name] = ""
-    return out
+def log_tails(run: RunningStack, offsets: dict[str, int], *, settle_s: float = 60.0) -> dict[str, str]:
+    """What each worker logged after the byte offsets taken before the measurement.
+
+    Waits (up to `settle_s`) for the drain that embedded the last batch to log its summary: documents
+    are ready before it ends when it still rebuilds an HNSW index dropped for the load."""
+    deadline = time.monotonic() + settle_s
+    while True:
+        out = {}
+        for name, offset in offsets.items():
+            try:
+                with open(run.log_path(name), "rb") as fh:
+                    fh.seek(offset)
+                    out[name] = fh.read().decode("utf-8", "replace")
+            except OSError:
+                out[name] = ""
+        embed = out.get("embed", "")
+        if embed.rfind("] embedded ") >= embed.rfind("] batch of ") or time.monotonic() > deadline:
+            return out
+        time.sleep(0.2)
 
 
 def log_offsets(run: RunningStack) -> dict[str, int]:

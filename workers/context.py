@@ -2,15 +2,32 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 from functools import cached_property
+from pathlib import Path
 
 from sqlalchemy.orm import Session, sessionmaker
 
 from docpipe.config import Settings
 from docpipe.db import make_engine, make_sessionmaker, resolve_database_url
 from docpipe.drain import DrainGate
+
+AUTOGROUP = Path("/proc/self/autogroup")
+
+
+def lower_cpu_priority(nice: int) -> None:
+    """Add `nice` to this process's niceness, and give its session's autogroup the same niceness.
+
+    Where the kernel groups CPU time by session (Linux autogroup, on by default in most
+    distributions), a process's niceness only ranks it within its own session, and each worker
+    runs in a session of its own: without the group's niceness, parse processes get as much CPU
+    as the embedder.
+    """
+    os.nice(nice)
+    with contextlib.suppress(OSError):  # no autogroup here (or not allowed): the niceness above is what there is
+        AUTOGROUP.write_text(f"{nice}\n")
 
 
 class WorkerContext:
@@ -37,7 +54,7 @@ class WorkerContext:
         from docpipe.parse import SandboxedParser
 
         if self.settings.worker.parse_nice > 0:
-            os.nice(self.settings.worker.parse_nice)
+            lower_cpu_priority(self.settings.worker.parse_nice)
         return SandboxedParser(self.settings.parse, ocr=self.settings.ocr)
 
     def drain_gate(self, model: str) -> DrainGate:

@@ -240,3 +240,7 @@ def test_parse_processes_yield_the_cpu_to_the_embedder(stack, ingested) -> None:
     embed = psutil.Process(stack.worker("embed").proc.pid)
     assert any(p.nice() >= stack.settings.worker.parse_nice for p in pool)  # the ones that parsed
     assert embed.nice() == 0
+    autogroup = Path(f"/proc/{pool[0].pid}/autogroup")
+    if autogroup.exists():  # each worker is a session of its own: the kernel shares CPU between sessions first
+        assert autogroup.read_text().split()[-1] == str(stack.settings.worker.parse_nice)
+        assert Path(f"/proc/{embed.pid}/autogroup").read_text().split()[-1] == "0"
