@@ -51,42 +51,34 @@ def _retry(task: Any, exc: Exception) -> NoReturn:
 @shared_task(bind=True, name=PARSE_TASK, ignore_result=True)
 def parse(self: Any, document_id: int) -> dict:
     """Parse and chunk one document; wake the embedder for its model."""
-    ctx = _ctx()
-    try:
-        with metrics.PARSE_SECONDS.time():
-            out = processing.parse_document(
-                document_id, sessions=ctx.sessions, parser=ctx.parser, settings=ctx.settings, token=self.request.id
-            )
-    except TRANSIENT as exc:
-        _retry(self, exc)
-    for part in out.parts:  # a long PDF: its other page ranges go to any free parse process
-        parse_part.delay(document_id, part, out.attempt)
-    return _next_step(out)
+    return _parse_documents(self, [document_id])
 
 
 @shared_task(bind=True, name=PARSE_BATCH_TASK, ignore_result=True)
 def parse_batch(self: Any, document_ids: list[int]) -> dict:
-    """Parse and chunk several small documents in one claim and one write; wake the embedders once.
+    """Parse and chunk several small documents in one claim and one write; wake the embedders once."""
+    return _parse_documents(self, document_ids)
 
-    Documents a transient error sent back are parsed again by this task's retry (same token); the
-    others are settled and not claimed again."""
+
+def _parse_documents(task: Any, document_ids: list[int]) -> dict:
+    """`processing.parse_documents` under the task's id as claim token; a long PDF's other page ranges
+    go to any free parse process. Documents a transient error sent back are parsed again by the task's
+    retry (same token); the others are settled and not claimed again."""
     ctx = _ctx()
     try:
         with metrics.PARSE_SECONDS.time():
             done = processing.parse_documents(
-                document_ids, sessions=ctx.sessions, parser=ctx.parser, settings=ctx.settings, token=self.request.id
+                document_ids, sessions=ctx.sessions, parser=ctx.parser, settings=ctx.settings, token=task.request.id
             )
     except TRANSIENT as exc:
-        _retry(self, exc)
+        _retry(task, exc)
     for out in done.outcomes:
         for part in out.parts:
             parse_part.delay(out.document_id, part, out.attempt)
-        metrics.DOCUMENTS.labels(outcome=out.state).inc()
-    for model in sorted({m for out in done.outcomes if out.state == "embedding" for m in out.models}):
-        wake_embedder(model)
+    _next_step(done.outcomes)
     if done.retry is not None:
-        _retry(self, done.retry)
-    return {"documents": len(document_ids), "settled": len(done.outcomes)}
+        _retry(task, done.retry)
+    return {"documents": len(document_ids), "states": {out.document_id: out.state for out in done.outcomes}}
 
 
 @shared_task(bind=True, name=PARSE_PART_TASK, ignore_result=True)
@@ -103,21 +95,17 @@ def parse_part(self: Any, document_id: int, part: int, attempt: int) -> dict:
         _retry(self, exc)
     for new in out.parts:  # the rest of a range its OCR budget stopped short
         parse_part.delay(document_id, new, out.attempt)
-    return _next_step(out)
+    _next_step([out])
+    return {"document_id": document_id, "state": out.state, "chunks": out.chunks, "parts": len(out.parts)}
 
 
-def _next_step(out: processing.ParseOutcome) -> dict:
-    metrics.DOCUMENTS.labels(outcome=out.state).inc()
-    if out.state == "embedding":  # the collection's model and the one a reindex is moving it to
-        for model in out.models:
-            wake_embedder(model)
-    return {
-        "document_id": out.document_id,
-        "state": out.state,
-        "chunks": out.chunks,
-        "reason": out.reason,
-        "parts": len(out.parts),
-    }
+def _next_step(outcomes: list[processing.ParseOutcome]) -> None:
+    """Count the outcomes; wake the embedders of the documents now waiting for them, once per model
+    (the collection's model and the one a reindex is moving it to)."""
+    for out in outcomes:
+        metrics.DOCUMENTS.labels(outcome=out.state).inc()
+    for model in sorted({m for out in outcomes if out.state == "embedding" for m in out.models}):
+        wake_embedder(model)
 
 
 @shared_task(bind=True, name=EMBED_TASK, ignore_result=True)

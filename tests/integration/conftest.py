@@ -26,3 +26,14 @@ def sessions(pg_url: str):
     engine = make_engine(pg_url)
     yield make_sessionmaker(engine)
     engine.dispose()
+
+
+@pytest.fixture(scope="module")
+def faults(sessions):
+    """`faults(table, row_id, times, state=None)`: the next `times` writes of that row raise admin_shutdown
+    (`tests.db_faults`)."""
+    from tests import db_faults
+
+    db_faults.install(sessions)
+    yield lambda *args, **kw: db_faults.inject(sessions, *args, **kw)
+    db_faults.uninstall(sessions)

@@ -14,7 +14,6 @@ from docpipe import processing, store
 from docpipe.config import ParseLimits, Settings
 from docpipe.parse import SandboxedParser
 from docpipe.parse.child import CRASH_TYPE
-from tests import db_faults
 
 _names = itertools.count()
 TEXTS = [
@@ -26,13 +25,6 @@ TEXTS = [
 def parser():
     with SandboxedParser(ParseLimits(timeout_s=60), env={"DOCPIPE_SANDBOX_TEST_HOOKS": "1"}) as p:
         yield p
-
-
-@pytest.fixture(scope="module")
-def faults(sessions):
-    db_faults.install(sessions)
-    yield lambda *args, **kw: db_faults.inject(sessions, *args, **kw)
-    db_faults.uninstall(sessions)
 
 
 def stored(sessions, model: str, docs: list[tuple[bytes, str]]) -> list[int]:

@@ -23,7 +23,6 @@ from docpipe.lease import LeaseKeeper
 from docpipe.parse import SandboxedParser
 from docpipe.processing import DATABASE_LOST
 from docpipe.types import Chunk
-from tests import db_faults
 
 _names = itertools.count()
 BODY = " ".join(f"Sentence number {i} talks about lease renewal and claims." for i in range(400)).encode()
@@ -33,14 +32,6 @@ BODY = " ".join(f"Sentence number {i} talks about lease renewal and claims." for
 def parser():
     with SandboxedParser(ParseLimits(timeout_s=60)) as p:
         yield p
-
-
-@pytest.fixture(scope="module")
-def faults(sessions):
-    """`faults(table, row_id, times, state=None)`: the next `times` writes of that row raise admin_shutdown."""
-    db_faults.install(sessions)
-    yield lambda *args, **kw: db_faults.inject(sessions, *args, **kw)
-    db_faults.uninstall(sessions)
 
 
 def queued(sessions, model: str, body: bytes = BODY, media_type: str = "text/plain", dim: int = 384) -> int:
