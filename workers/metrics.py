@@ -18,7 +18,7 @@ log = logging.getLogger(__name__)
 DOCUMENTS = Counter("docpipe_documents_total", "Documents parsed, by outcome", ["outcome"])
 PARSE_SECONDS = Histogram(
     "docpipe_parse_seconds",
-    "Wall seconds to claim, parse, chunk and store one document or page range",
+    "Wall seconds of one parse task: claim, parse, chunk and store a document, a batch of small ones, or a page range",
     buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300),
 )
 CHUNKS_EMBEDDED = Counter("docpipe_chunks_embedded_total", "Chunks embedded and stored")

@@ -228,7 +228,7 @@ def test_workers_serve_prometheus_metrics(stack, ingested) -> None:
     parse, embed = scrape(port), scrape(port + 1)
     assert parse["docpipe_documents_total[('outcome', 'embedding')]"] >= len(OK_PDFS)
     assert parse["docpipe_documents_total[('outcome', 'failed')]"] >= 3
-    assert parse["docpipe_parse_seconds_count[]"] >= 11
+    assert parse["docpipe_parse_seconds_count[]"] >= 1  # tasks, not documents: small documents share tasks
     assert embed["docpipe_chunks_embedded_total[]"] > 0
     assert embed["docpipe_padded_tokens_total[]"] >= embed["docpipe_tokens_embedded_total[]"] > 0
 
