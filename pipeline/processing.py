@@ -71,8 +71,8 @@ def plan_ranges(
     return [*ranges, (begin, end)] if begin <= end else ranges
 
 
-def _rest_of(parsed: ParsedDocument, settings: Settings, last: int) -> list[tuple[int, int]]:
-    """Page ranges still to parse after the first request (pages 1..`last`).
+def _rest_of(parsed: ParsedDocument, settings: Settings, last: int, budget: int) -> list[tuple[int, int]]:
+    """Page ranges still to parse after the first request (pages 1..`last`, `budget` OCR pages).
 
     When the OCR budget stopped it, the rest of its range is planned from the pages that want OCR
     (`plan_ranges`); the pages after `last` go in ranges of `ocr.split_pages` when at least half of
@@ -85,7 +85,7 @@ def _rest_of(parsed: ParsedDocument, settings: Settings, last: int) -> list[tupl
         parsed.parsed_to + 1, last, parsed.ocr_pending,
         max_pages=settings.parse.split_pages, max_ocr=settings.ocr.split_pages,
     )  # fmt: skip
-    scanned = settings.ocr.split_pages + len(parsed.ocr_pending)  # pages of the first range that want OCR
+    scanned = budget + len(parsed.ocr_pending)  # pages of the first range that want OCR
     size = settings.ocr.split_pages if 2 * scanned >= last else settings.parse.split_pages
     return within + page_ranges(parsed.page_count, size, first=last + 1)
 
@@ -173,7 +173,7 @@ def parse_documents(
         for doc in docs:
             try:
                 results.append(_parse_and_chunk(doc, sessions=sessions, parser=parser, settings=settings,
-                                                tokenizer_for=tokenizer_for))  # fmt: skip
+                                                tokenizer_for=tokenizer_for, batched=len(docs) > 1))  # fmt: skip
             except (PermanentError, *TRANSIENT) as err:
                 results.append(err)
         try:
@@ -192,22 +192,26 @@ def _parse_and_chunk(
     parser: SandboxedParser,
     settings: Settings,
     tokenizer_for: Callable[[str, int], ChunkTokenizer],
+    batched: bool = False,
 ) -> store.ParsedChunks | ParseOutcome:
-    """The document's chunks to store, or the outcome of splitting it into page ranges (stored here)."""
+    """The document's chunks to store, or the outcome of splitting it into page ranges (stored here).
+
+    In a batch (`batched`) a PDF OCRs nothing: its pages that want OCR become parts of their own, so
+    a batch stays a few milliseconds per document and the seconds of OCR spread over free processes."""
     split = settings.parse.split_pages
     kind = normalize_media_type(doc.media_type)
     ocr_on = settings.ocr.mode != "off"
     if kind in IMAGES and split > 0 and ocr_on:  # every frame is OCR'd: ranges of ocr.split_pages frames
         split = settings.ocr.split_pages
     splittable = split > 0 and (kind == PDF or (kind in IMAGES and ocr_on))
-    budget = settings.ocr.split_pages if splittable and ocr_on else None
+    budget = (0 if batched else settings.ocr.split_pages) if splittable and ocr_on else None
     if splittable:  # the child keeps the bytes for the ranges this process parses next
         parsed = parser.parse(
             StoredBytes(doc.content_key, lambda: doc.content), with_page_range(kind, 1, split), ocr_budget=budget
         )
     else:
         parsed = parser.parse(doc.content, doc.media_type)
-    ranges = _rest_of(parsed, settings, split) if splittable else []
+    ranges = _rest_of(parsed, settings, split, budget or 0) if splittable else []
     if ranges:
         with sessions.begin() as session:
             kept = store.split_into_parts(session, doc, parsed.blocks, ranges, page_count=parsed.page_count,

@@ -72,3 +72,30 @@ def test_a_part_that_meets_scans_resplits_and_the_last_part_chunks_once(
     with sessions.begin() as s:
         state = s.execute(text("SELECT state FROM documents WHERE id = :d"), {"d": doc_id}).scalar_one()
     assert state == "embedding"
+
+
+def test_a_batch_ocrs_nothing_its_scanned_pages_become_parts(sessions, parser, tmp_path: Path) -> None:
+    settings = Settings(data_dir=tmp_path, ocr=OcrConfig(split_pages=2))
+    small = mixed_pdf([(SCANS[6], True), (TEXT.format(2), False), (SCANS[7], True)])  # a scan first
+    alone_id = queued_document(sessions, "ocr-batch-alone", small)
+    assert processing.parse_document(alone_id, sessions=sessions, parser=parser, settings=settings).state == "embedding"
+    text_id, pdf_id = (
+        queued_document(sessions, f"ocr-batch-{n}", data)
+        for n, data in enumerate([mixed_pdf([(TEXT.format(1), False)]), small])
+    )
+
+    done = processing.parse_documents([text_id, pdf_id], sessions=sessions, parser=parser, settings=settings)
+
+    by_id = {o.document_id: o for o in done.outcomes}
+    assert by_id[text_id].state == "embedding"  # not held up by the other document's OCR
+    assert (by_id[pdf_id].state, by_id[pdf_id].parts) == ("split", [1])
+    with sessions.begin() as s:
+        pages = s.execute(
+            text("SELECT part, page_start, page_end FROM document_parts WHERE document_id = :d ORDER BY part"),
+            {"d": pdf_id},
+        ).all()
+    assert [tuple(p) for p in pages] == [(0, 1, 0), (1, 1, 3)]  # nothing parsed in the batch: page 1 wants OCR
+    part = processing.parse_part(pdf_id, 1, by_id[pdf_id].attempt, sessions=sessions, parser=parser, settings=settings)
+    assert part.state == "embedding"
+    assert chunk_rows(sessions, pdf_id) == chunk_rows(sessions, alone_id)  # as if parsed in one piece
+    assert "harbour crane" in " ".join(r[1] for r in chunk_rows(sessions, pdf_id)).lower()

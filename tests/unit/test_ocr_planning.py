@@ -51,22 +51,22 @@ def test_every_page_once_and_every_range_within_both_limits(max_pages: int, max_
 
 def test_first_request_of_a_text_pdf_hands_out_the_rest_in_text_ranges() -> None:
     parsed = ParsedDocument([], page_count=20)
-    assert _rest_of(parsed, settings(), 8) == [(9, 16), (17, 20)]
+    assert _rest_of(parsed, settings(), 8, budget=2) == [(9, 16), (17, 20)]
 
 
 def test_first_request_of_a_scan_plans_its_range_then_scan_ranges() -> None:
     parsed = ParsedDocument([], page_count=12, parsed_to=2, ocr_pending=[3, 4, 5, 6, 7, 8])
-    assert _rest_of(parsed, settings(), 8) == [(3, 4), (5, 6), (7, 8), (9, 10), (11, 12)]
+    assert _rest_of(parsed, settings(), 8, budget=2) == [(3, 4), (5, 6), (7, 8), (9, 10), (11, 12)]
 
 
 def test_scanned_cover_pages_do_not_make_the_rest_a_scan() -> None:
     parsed = ParsedDocument([], page_count=30, parsed_to=2, ocr_pending=[3])  # 3 of 8 pages want OCR
-    assert _rest_of(parsed, settings(), 8) == [(3, 8), (9, 16), (17, 24), (25, 30)]
+    assert _rest_of(parsed, settings(), 8, budget=2) == [(3, 8), (9, 16), (17, 24), (25, 30)]
 
 
 def test_image_frames_fan_out_in_ocr_ranges() -> None:
     parsed = ParsedDocument([], page_count=5, parsed_to=2)  # the first request read frames 1-2 of 5
-    assert _rest_of(parsed, settings(), 2) == [(3, 4), (5, 5)]
+    assert _rest_of(parsed, settings(), 2, budget=2) == [(3, 4), (5, 5)]
 
 
 def test_a_part_stopped_by_its_budget_leaves_the_rest_of_its_range() -> None:
