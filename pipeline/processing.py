@@ -204,14 +204,16 @@ def _parse_and_chunk(
     if kind in IMAGES and split > 0 and ocr_on:  # every frame is OCR'd: ranges of ocr.split_pages frames
         split = settings.ocr.split_pages
     splittable = split > 0 and (kind == PDF or (kind in IMAGES and ocr_on))
-    budget = (0 if batched else settings.ocr.split_pages) if splittable and ocr_on else None
+    budget = 0 if batched else settings.ocr.split_pages  # pages the first request may OCR
     if splittable:  # the child keeps the bytes for the ranges this process parses next
         parsed = parser.parse(
-            StoredBytes(doc.content_key, lambda: doc.content), with_page_range(kind, 1, split), ocr_budget=budget
+            StoredBytes(doc.content_key, lambda: doc.content),
+            with_page_range(kind, 1, split),
+            ocr_budget=budget if ocr_on else None,
         )
     else:
         parsed = parser.parse(doc.content, doc.media_type)
-    ranges = _rest_of(parsed, settings, split, budget or 0) if splittable else []
+    ranges = _rest_of(parsed, settings, split, budget) if splittable else []
     if ranges:
         with sessions.begin() as session:
             kept = store.split_into_parts(session, doc, parsed.blocks, ranges, page_count=parsed.page_count,
