@@ -40,6 +40,7 @@ class ParseLimits(BaseModel):
     max_pages: int = 10_000  # pages; longer PDFs fail as too large
     timeout_s: float = 120.0  # wall seconds for the whole parse
     memory_mb: int = 3072  # address-space limit of the parser child, MiB
+    recycle_mb: int = 1024  # resident MiB of the parser child after a document above which a fresh one replaces it
     split_pages: int = 64  # PDFs longer than this many pages are parsed in ranges of it, in parallel tasks; 0: never
     max_chars: int = 32_000_000  # characters of text one parse may produce (~10,000 full pages); more fails
     max_chunks: int = 100_000  # chunks one document may produce; more fails as too large

@@ -2,7 +2,9 @@
 
 The child is a plain ``subprocess`` (Celery's prefork children are daemonic and may not use
 ``multiprocessing``), started lazily and again after it crashes, times out or runs out of
-memory, so pymupdf's ~1 s import is paid once per worker rather than once per document.
+memory, so its imports (~1.8 s of CPU) are paid once per worker rather than once per document.
+It is replaced when its heap has grown (``parse.recycle_mb`` resident), not after a fixed count of
+documents: thousands of small text files grow nothing, and each restart would cost those seconds.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import time
 import weakref
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from types import TracebackType
 from typing import Any
 
@@ -36,8 +39,9 @@ from docpipe.types import ParsedDocument
 
 START_TIMEOUT_S = 60.0  # wall seconds for a child to import its parsers and report ready
 STOP_TIMEOUT_S = 5.0  # wall seconds a closing child gets to exit before it is killed
-RECYCLE_AFTER = 500  # documents per child before a fresh one (bounds heap growth)
+RECYCLE_AFTER = 100_000  # documents per child before a fresh one, whatever its size (a backstop)
 # numpy comes in with pymupdf; parsing needs no BLAS threads, each of which costs address space.
+_PAGE_BYTES = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
 _CHILD_ENV = {"OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 
 
@@ -139,6 +143,14 @@ class _Child:
                 raise _Died
             buf += chunk
         return bytes(buf)
+
+    def resident_mb(self) -> float:
+        """The child's resident memory, MiB (0 where /proc is missing: only the count recycles it)."""
+        try:
+            pages = int(Path(f"/proc/{self.proc.pid}/statm").read_text().split()[1])
+        except (OSError, ValueError, IndexError):
+            return 0.0
+        return pages * _PAGE_BYTES / 2**20
 
     def exit_reason(self) -> str:
         """Why the child is gone, e.g. "SIGSEGV" or "exit status 1" (reaps it first)."""
@@ -268,7 +280,7 @@ class SandboxedParser:
         if reply.get("error") == OUT_OF_MEMORY:
             self._discard(grace_s=STOP_TIMEOUT_S)
             raise ParserCrashed(f"parser ran out of memory (limit {self.limits.memory_mb} MiB)")
-        if child.documents >= self._recycle_after:
+        if child.documents >= self._recycle_after or child.resident_mb() > self.limits.recycle_mb:
             self._discard(grace_s=STOP_TIMEOUT_S)
         return reply
 

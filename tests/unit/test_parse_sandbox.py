@@ -229,6 +229,18 @@ def test_close_reaps_the_child_and_parser_restarts() -> None:
     assert is_reaped(pid)
 
 
+def test_the_child_is_replaced_when_its_heap_has_grown_not_after_a_count() -> None:
+    with SandboxedParser(ParseLimits()) as parser:  # small documents grow nothing: one child for all
+        first = assert_still_works(parser)
+        for _ in range(20):
+            assert_still_works(parser)
+        assert parser.child_pid == first
+    with SandboxedParser(ParseLimits(recycle_mb=1)) as parser:  # every child is above 1 MiB resident
+        for text in ("one", "two"):  # a fresh child for each, stopped right after its document
+            assert [b.text for b in parser.parse(text.encode(), "text/plain").blocks] == [text]
+            assert parser.child_pid is None
+
+
 def test_stored_bytes_cross_the_pipe_once_per_child(hooked: SandboxedParser) -> None:
     loads: list[str] = []
 
