@@ -129,7 +129,9 @@ class WorkerConfig(BaseModel):
     sweep_interval_s: int = 30  # how often the sweeper re-enqueues stale work
     requeue_after_s: int = 60  # seconds a queued document waits, parse queue empty, before its message counts as lost
     parse_concurrency: int = 0  # parse processes; 0 means one per core
-    parse_nice: int = 5  # niceness added to parse processes, so a CPU-bound embedder on the same cores keeps pace
+    # niceness added to parse processes: on shared cores the embedder runs first, parsing fills its gaps (an
+    # intra-op thread preempted by a parse process stalls every other thread at the next barrier)
+    parse_nice: int = 19
     metrics_port: int = 0  # Prometheus /metrics on 127.0.0.1: parse worker on this port, embed worker +1; 0: off
 
 
