@@ -15,7 +15,7 @@ from pathlib import Path
 
 from rich.console import Console
 
-from docpipe.bench.common import Section, machine_info
+from docpipe.bench.common import Section, machine_info, ratio
 from docpipe.bench.corpus import REPO, default_docs, manifest_class, parse_corpus, sample_texts, select_documents
 from docpipe.bench.quality import default_beir_dir
 
@@ -97,6 +97,7 @@ def main(argv: list[str] | None = None) -> int:
             f"{len(texts)} chunks for the backend comparison; machine cache {machine_cache}"
         )
         run_stack_measurements(args, steps, work, chosen, texts, machine_cache)
+        run_text_layer(steps, work, [f.path for f in chosen], machine_cache)
         steps.run(
             "embedding",
             "Embedding backends vs sentence-transformers",
@@ -215,6 +216,27 @@ def run_stack_measurements(args, steps: Steps, work: Path, chosen, texts, model_
             lambda: measure_hnsw_load(run.stack.database_url, n=args.hnsw_n, dim=dim),
         )
         steps.console.print("[dim]stopping the embedded stack[/]")
+
+
+def run_text_layer(steps: Steps, work: Path, paths: list[Path], model_cache: Path) -> None:
+    """The warm ingest again in a stack with OCR off: the text that LangChain's PyMuPDFLoader reads,
+    so the comparison with its wall is like for like (the default run also OCRs pages without text)."""
+    from docpipe.bench.harness import running_stack
+    from docpipe.bench.ingest import measure_ingest
+
+    def measure() -> list[Section]:
+        with running_stack(work / "text-layer", model_cache=model_cache, ocr_mode="off") as run:
+            found = measure_ingest(
+                run, paths, collection="bench-text", warmup_doc=warmup_document(work), text_layer=True
+            )
+        langchain = steps.get("langchain")
+        if langchain is not None and not langchain.skipped and "wall_s" in langchain.data:
+            wall = found[0].data["timeline"]["final_s"]
+            speedup = ratio(float(langchain.data["wall_s"]), wall)
+            found[0].add("LangChain wall ÷ this wall", round(speedup or 0, 3), "x", "the same text on both sides")
+        return found
+
+    steps.run("ingest_text", "End-to-end ingest, warm, text layer only (OCR off)", measure)
 
 
 def run_langchain(args, steps: Steps, run, paths: list[Path]) -> None:

@@ -13,10 +13,13 @@ from docpipe.bench.random_models import build_random_cross_encoder
 from docpipe.config import Settings
 
 
-def bench_settings(data_dir: Path, *, model_cache: Path | None = None, reranker: Path | None = None) -> Settings:
+def bench_settings(
+    data_dir: Path, *, model_cache: Path | None = None, reranker: Path | None = None, ocr_mode: str | None = None
+) -> Settings:
     """The user's settings (environment) with an embedded stack in `data_dir` and the given reranker.
 
     The model cache stays the user's, so ONNX exports and the `auto` backend decision are reused.
+    `ocr_mode` ("off": the text layer only) replaces the user's OCR mode.
     """
     base = Settings()
     updates: dict[str, object] = {
@@ -27,6 +30,8 @@ def bench_settings(data_dir: Path, *, model_cache: Path | None = None, reranker:
     }
     if reranker is not None:
         updates["rerank"] = base.rerank.model_copy(update={"model": str(reranker)})
+    if ocr_mode is not None:
+        updates["ocr"] = base.ocr.model_copy(update={"mode": ocr_mode})
     return base.model_copy(update=updates)
 
 
@@ -51,13 +56,15 @@ class RunningStack:
 
 
 @contextmanager
-def running_stack(work_dir: Path, *, model_cache: Path | None = None) -> Iterator[RunningStack]:
+def running_stack(
+    work_dir: Path, *, model_cache: Path | None = None, ocr_mode: str | None = None
+) -> Iterator[RunningStack]:
     """Postgres, Redis and the Celery workers as children of this process, stopped on exit."""
     from docpipe.client import Client
     from docpipe.stack import Stack
 
     reranker = build_random_cross_encoder(work_dir / "tiny-cross-encoder", minilm_dir())
-    settings = bench_settings(work_dir / "stack", model_cache=model_cache, reranker=reranker)
+    settings = bench_settings(work_dir / "stack", model_cache=model_cache, reranker=reranker, ocr_mode=ocr_mode)
     with (
         Stack(settings, redis_persist=False) as stack,
         Client(stack.database_url, stack.redis_url, settings=stack.settings) as client,

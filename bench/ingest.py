@@ -160,14 +160,23 @@ def warm_up(run: RunningStack, path: Path) -> float:
 
 
 def measure_ingest(
-    run: RunningStack, paths: list[Path], *, collection: str, warmup_doc: Path | None, first_run: bool = False
+    run: RunningStack,
+    paths: list[Path],
+    *,
+    collection: str,
+    warmup_doc: Path | None,
+    first_run: bool = False,
+    text_layer: bool = False,
 ) -> list[Section]:
     """An ingest vs pure forward of the same chunk texts; after a warm one, the same files again.
 
     ``first_run``: the stack has just started on a fresh data dir and machine cache; no warm-up document.
+    ``text_layer``: the stack runs with OCR off (what a script with PyMuPDF reads), for reference: no goal.
     """
     cold_s = warm_up(run, warmup_doc) if warmup_doc is not None else None
     key, label = ("ingest_first", "first run") if first_run else ("ingest", "warm")
+    if text_layer:
+        key, label = "ingest_text", "warm, text layer only: OCR off"
     e2e = Section(
         key,
         f"End-to-end ingest ({label}) vs pure model forward",
@@ -233,7 +242,7 @@ def measure_ingest(
     e2e.data.update(timeline=line.__dict__, rss_mib=rss.as_mib(), embed_worker=worker, backend=embedder.backend)
     stages = stage_section(f"{key}_stages", f"Where the ingest wall time went ({label})",
                            stage_table(line, worker, forward_s))  # fmt: skip
-    if first_run:
+    if first_run or text_layer:
         return [e2e, stages]
     e2e.goals.append(
         Goal("ingest wall ÷ pure forward", e2e_ratio, E2E_GOAL, limited_by=_e2e_limit(line, forward_s, worker))

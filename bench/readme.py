@@ -12,6 +12,8 @@ SECTIONS = (  # (key, figures to show; empty: all)
     ("ingest", ("ingest wall", "pure forward", "ingest ÷ pure forward", "chunks/s", "embed worker: model busy")),
     ("ingest_stages", ()),
     ("langchain", ()),
+    ("ingest_text", ("ingest wall", "pure forward", "ingest ÷ pure forward", "LangChain wall ÷ this wall")),
+    ("ingest_text_stages", ()),
     ("small_docs", ()),
     ("small_docs_stages", ()),
     ("embedding", ()),
