@@ -57,7 +57,11 @@ def create_hnsw_index(session: Session, model_id: int, dim: int) -> None:
 
 
 def defer_index_for_bulk_load(session: Session, model_id: int, *, min_pending: int) -> bool:
-    """Drop the model's HNSW index when its pending chunks outnumber `min_pending` and what is indexed.
+    """Drop the model's HNSW index when the load outnumbers `min_pending` chunks and what is indexed.
+
+    The load is the pending chunks plus one for each document of the model's collections still queued
+    or parsing (each brings at least one): an ingest of many small files has few chunks pending at any
+    moment while the embedder keeps pace with parsing, yet thousands of vectors on their way in.
 
     Kept while it serves a collection that is not loading (`collections_on_index`): a bulk load never
     turns another collection's searches into exact scans. Searches of the loading collections stay
@@ -66,9 +70,7 @@ def defer_index_for_bulk_load(session: Session, model_id: int, *, min_pending: i
     """
     if min_pending <= 0:
         return False
-    pending = session.execute(
-        text("SELECT count(*) FROM embedding_queue WHERE model_id = :m"), {"m": model_id}
-    ).scalar_one()
+    pending = _load(session, model_id)
     if pending < min_pending:
         return False
     indexed = session.execute(  # counted up to `pending` only: a large index is not scanned to say no
@@ -95,13 +97,16 @@ def defer_index_for_bulk_load(session: Session, model_id: int, *, min_pending: i
 
 def collections_on_index(session: Session, model_id: int) -> list[str]:
     """Searchable collections whose vectors of `model_id` the HNSW index serves and that have nothing queued
-    for it: the ones a bulk load elsewhere must not slow down."""
+    for it (no pending chunks, no document waiting for or in a parse): the ones a bulk load elsewhere must
+    not slow down."""
     return list(
         session.execute(
             text(
                 "SELECT c.name FROM collections c WHERE c.model_id = :m AND c.rechunk_of IS NULL "
                 "AND NOT EXISTS (SELECT 1 FROM documents d JOIN embedding_queue q ON q.document_id = d.id "
                 "                WHERE d.collection_id = c.id AND q.model_id = :m) "
+                "AND NOT EXISTS (SELECT 1 FROM documents d WHERE d.collection_id = c.id "
+                "                AND d.state IN ('queued', 'parsing')) "
                 "AND EXISTS (SELECT 1 FROM documents d JOIN chunks ch ON ch.document_id = d.id "
                 "            JOIN embeddings e ON e.chunk_id = ch.id AND e.model_id = :m WHERE d.collection_id = c.id) "
                 "ORDER BY c.name"
@@ -109,6 +114,19 @@ def collections_on_index(session: Session, model_id: int) -> list[str]:
             {"m": model_id},
         ).scalars()
     )
+
+
+def _load(session: Session, model_id: int) -> int:
+    """Chunks on their way into the model's vectors, at least: those pending, plus one for each document
+    of its collections still queued or parsing."""
+    return session.execute(
+        text(
+            "SELECT (SELECT count(*) FROM embedding_queue WHERE model_id = :m) + "
+            "(SELECT count(*) FROM documents d JOIN collections c ON c.id = d.collection_id "
+            " WHERE c.model_id = :m AND d.state IN ('queued', 'parsing'))"
+        ),
+        {"m": model_id},
+    ).scalar_one()
 
 
 def rebuild_deferred_index(session: Session, model_id: int) -> bool:
@@ -119,9 +137,7 @@ def rebuild_deferred_index(session: Session, model_id: int) -> bool:
     ).first()
     if row is None:
         return False
-    pending = session.execute(
-        text("SELECT count(*) FROM embedding_queue WHERE model_id = :m"), {"m": model_id}
-    ).scalar_one()
+    pending = _load(session, model_id)
     if pending:
         return False
     session.execute(text("SET LOCAL maintenance_work_mem = '1GB'"))

@@ -30,6 +30,25 @@ def seed(sessions, name: str, docs: int, chunks_per_doc: int, *, model: str = MO
     return seed_parsed(sessions, model, name, texts, dim=DIM, tokens=lambda j: 10 + j % 7)
 
 
+def insert_queued(sessions, collection_id: int, name: str, docs: int) -> list[int]:
+    """Ids of `docs` new documents, queued for a parse that this test does itself (`parse_into_chunks`)."""
+    new = [
+        store.NewDocument(f"/{name}/{i}", hashlib.sha256(f"{name}{i}".encode()).digest(), "text/plain", b"x", 1, {})
+        for i in range(docs)
+    ]
+    with sessions.begin() as s:
+        return [doc_id for doc_id, _ in store.insert_documents(s, collection_id, new)]
+
+
+def parse_into_chunks(sessions, doc_ids: list[int], *, chunks_per_doc: int) -> None:
+    """What a parse worker does to each document: claim it, store its chunks (queued for embedding)."""
+    for doc_id in doc_ids:
+        with sessions.begin() as s:
+            doc = store.claim_for_parse(s, doc_id, lease_s=60)
+            chunks = [Chunk(j, f"doc {doc_id} chunk {j}", 8, 1, 1) for j in range(chunks_per_doc)]
+            store.save_chunks(s, doc, chunks, page_count=1)
+
+
 def settings(max_batch_tokens: int = 200) -> Settings:
     return Settings(embed=EmbedConfig(max_batch_tokens=max_batch_tokens), worker=WorkerConfig(lease_s=300))
 
@@ -85,18 +104,7 @@ def test_bulk_load_drops_the_index_and_rebuilds_it_when_drained(sessions) -> Non
     bulk_model = "test/bulk-4d"
     with sessions.begin() as s:
         coll = store.ensure_collection(s, "drain-bulk", model=bulk_model, dim=DIM)
-        rows = store.insert_documents(
-            s,
-            coll.id,
-            [
-                store.NewDocument(f"/bulk/{i}", hashlib.sha256(f"bulk{i}".encode()).digest(), "text/plain", b"x", 1, {})
-                for i in range(4)
-            ],
-        )
-    for doc_id, _ in rows:
-        with sessions.begin() as s:
-            doc = store.claim_for_parse(s, doc_id, lease_s=60)
-            store.save_chunks(s, doc, [Chunk(j, f"bulk {doc_id} {j}", 8, 1, 1) for j in range(10)], page_count=1)
+    parse_into_chunks(sessions, insert_queued(sessions, coll.id, "bulk", 4), chunks_per_doc=10)
     assert hnsw_index_exists(sessions, bulk_model)
     seen_during: list[bool] = []
     said: list[bool] = []
@@ -122,6 +130,22 @@ def test_bulk_load_drops_the_index_and_rebuilds_it_when_drained(sessions) -> Non
             text("SELECT count(*) FROM docpipe_search(CAST(:v AS vector), 'drain-bulk', 5)"), {"v": "[1,0,0,0]"}
         ).scalar()
     assert hits == 5
+
+
+def test_documents_still_to_parse_count_in_the_load(sessions) -> None:
+    """Many small files: the embedder keeps pace with parsing, so few chunks are pending at any moment."""
+    model = "test/bulk-unparsed-4d"
+    seed(sessions, "bulk-unparsed", docs=1, chunks_per_doc=5, model=model)  # 5 pending < 20
+    with sessions.begin() as s:
+        coll = store.get_collection(s, "bulk-unparsed")
+    queued = insert_queued(sessions, coll.id, "unparsed", 30)  # 30 documents queued: 35 chunks on their way in
+    cfg = Settings(embed=EmbedConfig(max_batch_tokens=100, bulk_load_chunks=20), worker=WorkerConfig(lease_s=300))
+    stats = embed_pending(model, sessions=sessions, embed=fake_embed, settings=cfg)
+    assert stats.chunks == 5 and stats.index_deferred
+    assert not hnsw_index_exists(sessions, model)  # not rebuilt while documents are still to parse
+    parse_into_chunks(sessions, queued, chunks_per_doc=1)
+    stats = embed_pending(model, sessions=sessions, embed=fake_embed, settings=cfg)
+    assert stats.chunks == 30 and stats.index_build_s > 0 and hnsw_index_exists(sessions, model)
 
 
 def test_bulk_load_keeps_the_index_another_collection_searches_with(sessions) -> None:
