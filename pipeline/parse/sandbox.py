@@ -40,8 +40,8 @@ from docpipe.types import ParsedDocument
 START_TIMEOUT_S = 60.0  # wall seconds for a child to import its parsers and report ready
 STOP_TIMEOUT_S = 5.0  # wall seconds a closing child gets to exit before it is killed
 RECYCLE_AFTER = 100_000  # documents per child before a fresh one, whatever its size (a backstop)
+_PAGE_BYTES = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096  # /proc/<pid>/statm counts pages
 # numpy comes in with pymupdf; parsing needs no BLAS threads, each of which costs address space.
-_PAGE_BYTES = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
 _CHILD_ENV = {"OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 
 
