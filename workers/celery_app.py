@@ -11,7 +11,7 @@ from celery import Celery
 
 from docpipe.config import Settings
 from docpipe.db import resolve_redis_url
-from docpipe.workers.queues import ROUTES, SWEEP_TASK
+from docpipe.workers.queues import PRIORITY_STEPS, ROUTES, SWEEP_TASK
 
 
 def make_app(settings: Settings | None = None) -> Celery:
@@ -29,8 +29,11 @@ def make_app(settings: Settings | None = None) -> Celery:
         worker_prefetch_multiplier=1,  # heavy tasks: no hoarding
         task_soft_time_limit=w.task_soft_time_limit_s,
         task_time_limit=w.task_time_limit_s,
-        # Must exceed the hard time limit, or Redis redelivers running tasks (celery#5935).
-        broker_transport_options={"visibility_timeout": 2 * w.task_time_limit_s + 60},
+        broker_transport_options={
+            # Must exceed the hard time limit, or Redis redelivers running tasks (celery#5935).
+            "visibility_timeout": 2 * w.task_time_limit_s + 60,
+            "priority_steps": PRIORITY_STEPS,
+        },
         result_expires=3600,
         task_routes=ROUTES,
         task_default_queue="parse",

@@ -11,11 +11,18 @@ EMBED_TASK = "docpipe.embed"
 RERANK_TASK = "docpipe.rerank"
 SWEEP_TASK = "docpipe.sweep"
 
-ROUTES = {
-    PARSE_TASK: {"queue": PARSE_QUEUE},
-    PARSE_BATCH_TASK: {"queue": PARSE_QUEUE},
-    PARSE_PART_TASK: {"queue": PARSE_QUEUE},
-    SWEEP_TASK: {"queue": PARSE_QUEUE},
+# Redis keeps one list per priority step and serves them in order, 0 first (kombu's Redis transport).
+PRIORITY_STEPS = [0, 3, 6, 9]
+NEW_PRIORITY = 3  # a document not started yet
+# The page ranges of a document already being parsed go first: its other parts wait, stored, for
+# them, and its long ranges (scans to OCR) start early instead of ending the ingest.
+STARTED_PRIORITY = 0
+
+ROUTES = {  # sending options per task, applied by Celery's router and passed to `send_task`
+    PARSE_TASK: {"queue": PARSE_QUEUE, "priority": NEW_PRIORITY},
+    PARSE_BATCH_TASK: {"queue": PARSE_QUEUE, "priority": NEW_PRIORITY},
+    PARSE_PART_TASK: {"queue": PARSE_QUEUE, "priority": STARTED_PRIORITY},
+    SWEEP_TASK: {"queue": PARSE_QUEUE, "priority": STARTED_PRIORITY},
     EMBED_TASK: {"queue": EMBED_QUEUE},
     RERANK_TASK: {"queue": RERANK_QUEUE},
 }

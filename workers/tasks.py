@@ -217,8 +217,8 @@ def sweep() -> dict:
     ctx = _ctx()
     with ctx.sessions.begin() as session:
         store.compact_term_df(session)
-    with app.connection_for_read() as conn:
-        backlog = conn.default_channel.client.llen(PARSE_QUEUE)
+    with app.connection_for_read() as conn:  # counted across the queue's priority lists
+        backlog = conn.default_channel.queue_declare(PARSE_QUEUE).message_count
     found = sweeper.find_stale_work(sessions=ctx.sessions, settings=ctx.settings, parse_backlog=backlog)
     for doc_id in found.parse:
         parse.delay(doc_id)

@@ -11,6 +11,7 @@ import redis
 from sqlalchemy import text
 
 from docpipe.errors import ConfigError
+from docpipe.workers.queues import PARSE_PART_TASK, PARSE_TASK
 
 
 def states_by_name(client, job) -> dict[str, tuple[str, str | None]]:
@@ -121,6 +122,18 @@ def test_broker_refuses_pickle_and_never_evicts(stack, client) -> None:
     while "Refusing to deserialize untrusted content of type pickle" not in log.read_text(errors="replace"):
         assert time.monotonic() < deadline, "the parse worker did not refuse a pickle message"
         time.sleep(0.2)
+
+
+def test_a_started_documents_parts_are_served_before_new_documents(client) -> None:
+    app = client.task_queue.app
+    queue = "priority-probe"  # not the parse queue: the workers would take the messages first
+    app.send_task(PARSE_TASK, args=(1,), queue=queue)  # each message takes its priority from the task's route
+    app.send_task(PARSE_PART_TASK, args=(2, 1, 1), queue=queue)
+    with app.connection_for_write() as conn:
+        channel = conn.default_channel
+        assert channel.queue_declare(queue).message_count == 2  # counted across the priority lists
+        served = [channel.basic_get(queue).headers["task"] for _ in range(2)]
+    assert served == [PARSE_PART_TASK, PARSE_TASK]
 
 
 def test_status_counts(client) -> None:
