@@ -30,7 +30,11 @@ def candidate_backends(device: str) -> list[str]:
         import onnxruntime  # noqa: F401
     except ImportError:
         return names
-    return [*names, "onnx", "onnx-int8"] if device == "cpu" else [*names, "onnx"]
+    if device != "cpu":
+        return [*names, "onnx"]
+    from docpipe.embed.autoselect import cpu_candidates
+
+    return [*names, "onnx", "onnx-int8", *(b for b in cpu_candidates() if b.startswith("openvino"))]
 
 
 def row_cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:

@@ -16,7 +16,9 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
 
-EmbedBackend = Literal["auto", "torch-fp32", "torch-bf16", "torch-fp16", "onnx", "onnx-int8"]
+EmbedBackend = Literal[
+    "auto", "torch-fp32", "torch-bf16", "torch-fp16", "onnx", "onnx-int8", "openvino", "openvino-bf16"
+]
 Device = Literal["auto", "cpu", "cuda"]
 
 

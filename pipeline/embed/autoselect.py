@@ -37,6 +37,7 @@ import numpy as np
 
 from docpipe.embed.base import PackedEmbedder
 from docpipe.embed.onnx_export import fingerprint, model_slug
+from docpipe.embed.openvino_backend import openvino_installed
 from docpipe.embed.pooling import l2_normalize
 from docpipe.embed.runtime import cpu_count, cpu_flags, cpu_has_bf16
 
@@ -55,7 +56,7 @@ DECISION_FORMAT = 3  # bump when the sample or the rule changes (3: a query back
 ROUNDS = 3  # timed, interleaved runs per candidate
 SAMPLE_TEXTS = 32
 DECISION_DIR = "embed-backend"
-_KEY_LIBRARIES = ("torch", "onnxruntime", "transformers", "tokenizers")
+_KEY_LIBRARIES = ("torch", "onnxruntime", "openvino", "transformers", "tokenizers")
 
 _PARAGRAPHS = (
     "Invoice 2024-0917 covers the quarterly maintenance of the ventilation systems in buildings A and C. "
@@ -109,7 +110,9 @@ def sample_texts() -> list[str]:
 
 def cpu_candidates() -> list[str]:
     """Backends worth measuring on this CPU, the reference (torch-fp32) first."""
-    return ["torch-fp32", *(["torch-bf16"] if cpu_has_bf16() else []), "onnx", "onnx-int8"]
+    bf16 = cpu_has_bf16()
+    openvino = ["openvino-bf16" if bf16 else "openvino"] if openvino_installed() else []
+    return ["torch-fp32", *(["torch-bf16"] if bf16 else []), "onnx", "onnx-int8", *openvino]
 
 
 def _version(dist: str) -> str | None:

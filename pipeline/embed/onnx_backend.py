@@ -43,17 +43,12 @@ class OnnxEmbedder(PackedEmbedder):
         super().__init__(st_config, name=name or str(model_dir), micro_batch_tokens=micro_batch_tokens)
         self.backend = "onnx-int8" if quantize else "onnx"
         self.device = device
-        self._input_names = self._graph_inputs(st_config)
-        path = export_fp32(
-            st_config.transformer_dir,
-            cache_dir,
-            name=self.name,
-            probe=self._probe(),
-            trust_remote_code=trust_remote_code,
-        )
+        self._input_names = graph_inputs(st_config)
+        path = exported_graph(self, cache_dir, trust_remote_code=trust_remote_code)
         if quantize:  # fused attention first, so that int8 reaches the Q/K/V projections too
+            probe = probe_inputs(self, self._input_names)
             fused = fuse_transformer(
-                path, cache_dir, name=self.name, transformer_dir=st_config.transformer_dir, probe=self._probe()
+                path, cache_dir, name=self.name, transformer_dir=st_config.transformer_dir, probe=probe
             )
             path = quantize_int8(fused, cache_dir, name=self.name)
         self.model_path = path
@@ -76,21 +71,35 @@ class OnnxEmbedder(PackedEmbedder):
         hidden = self.session.run(["last_hidden_state"], {k: feed[k] for k in self._input_names})[0]
         return pool_numpy(hidden, pool_mask, self.st_config.pooling_modes)
 
-    def _probe(self) -> dict[str, np.ndarray]:
-        encodings = self._encoder.encode_batch(list(_PROBE_TEXTS))
-        arrays = {
-            "input_ids": pad_rows([e.ids for e in encodings], self.pad_id),
-            "attention_mask": pad_rows([e.attention_mask for e in encodings], 0),
-            "token_type_ids": pad_rows([e.type_ids for e in encodings], 0),
-        }
-        return {k: arrays[k] for k in self._input_names}
 
-    @staticmethod
-    def _graph_inputs(st_config: StModelConfig) -> list[str]:
-        """Token type ids are an input only for models with more than one token type (BERT-likes)."""
-        config = json.loads((st_config.transformer_dir / "config.json").read_text(encoding="utf-8"))
-        names = ["input_ids", "attention_mask"]
-        return [*names, "token_type_ids"] if config.get("type_vocab_size", 0) > 1 else names
+def graph_inputs(st_config: StModelConfig) -> list[str]:
+    """The exported graph's inputs: token type ids only for models with more than one token type (BERT-likes)."""
+    config = json.loads((st_config.transformer_dir / "config.json").read_text(encoding="utf-8"))
+    names = ["input_ids", "attention_mask"]
+    return [*names, "token_type_ids"] if config.get("type_vocab_size", 0) > 1 else names
+
+
+def probe_inputs(embedder: PackedEmbedder, names: list[str]) -> dict[str, np.ndarray]:
+    """A padded two-text batch that the export is traced and checked with."""
+    encodings = embedder._encoder.encode_batch(list(_PROBE_TEXTS))
+    arrays = {
+        "input_ids": pad_rows([e.ids for e in encodings], embedder.pad_id),
+        "attention_mask": pad_rows([e.attention_mask for e in encodings], 0),
+        "token_type_ids": pad_rows([e.type_ids for e in encodings], 0),
+    }
+    return {k: arrays[k] for k in names}
+
+
+def exported_graph(embedder: PackedEmbedder, cache_dir: Path, *, trust_remote_code: bool) -> Path:
+    """The cached fp32 ONNX export of the embedder's transformer (exported now if missing)."""
+    st_config = embedder.st_config
+    return export_fp32(
+        st_config.transformer_dir,
+        cache_dir,
+        name=embedder.name,
+        probe=probe_inputs(embedder, graph_inputs(st_config)),
+        trust_remote_code=trust_remote_code,
+    )
 
 
 def _providers(device: str) -> list[str]:

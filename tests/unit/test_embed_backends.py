@@ -47,7 +47,13 @@ def reference(make) -> np.ndarray:
 
 @pytest.mark.parametrize(
     ("backend", "min_mean", "min_each"),
-    [("torch-bf16", 0.999, 0.998), ("onnx", 0.9999, 0.9999), ("onnx-int8", 0.985, 0.95)],
+    [
+        ("torch-bf16", 0.999, 0.998),
+        ("onnx", 0.9999, 0.9999),
+        ("onnx-int8", 0.985, 0.95),
+        ("openvino", 0.9999, 0.9999),
+        ("openvino-bf16", 0.999, 0.998),  # fp32 kernels where the CPU has no bf16: the same bounds hold
+    ],
 )
 def test_backend_close_to_fp32(make, reference, backend, min_mean, min_each):
     embedder = make(backend)
@@ -59,7 +65,7 @@ def test_backend_close_to_fp32(make, reference, backend, min_mean, min_each):
     assert cosines.mean() >= min_mean and cosines.min() >= min_each, (cosines.mean(), cosines.min())
 
 
-@pytest.mark.parametrize("backend", ["torch-fp32", "onnx"])
+@pytest.mark.parametrize("backend", ["torch-fp32", "onnx", "openvino"])
 def test_order_preserved_across_packing(make, backend):
     embedder = make(backend)
     texts = [*chunks()[:6], "short", "", "a little longer text here"]
