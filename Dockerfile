@@ -18,7 +18,8 @@ COPY pipeline ./pipeline
 COPY workers ./workers
 COPY migrations ./migrations
 COPY bench ./bench
-RUN pip install .
+# OpenVINO too: on a host without a GPU, `auto` measures it beside torch and ONNX Runtime.
+RUN pip install ".[openvino]"
 
 USER docpipe
 VOLUME ["/data"]
