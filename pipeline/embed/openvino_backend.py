@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import threading
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 
@@ -20,6 +20,9 @@ from docpipe.embed.onnx_backend import exported_graph, graph_inputs
 from docpipe.embed.pooling import pool_numpy
 from docpipe.embed.runtime import cpu_count
 from docpipe.embed.st_config import StModelConfig
+
+if TYPE_CHECKING:
+    from openvino import InferRequest
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +37,7 @@ def openvino_installed() -> bool:
 
 
 class OpenVinoEmbedder(PackedEmbedder):
-    """Runs the model's ONNX export with OpenVINO on the CPU, one inference at a time."""
+    """Runs the model's ONNX export with OpenVINO on the CPU; threads embed concurrently, each with its request."""
 
     def __init__(
         self,
@@ -65,14 +68,18 @@ class OpenVinoEmbedder(PackedEmbedder):
             },
         )
         self._output = self._model.output("last_hidden_state")
-        self._request = self._model.create_infer_request()
-        self._lock = threading.Lock()  # an infer request runs one inference at a time
+        self._requests = threading.local()  # an infer request runs one inference at a time: one per thread
         log.info("loaded %s (%s) with OpenVINO %s", self.model_path, self.backend, openvino.__version__)
 
     def _forward_pooled(
         self, ids: np.ndarray, mask: np.ndarray, type_ids: np.ndarray, pool_mask: np.ndarray
     ) -> np.ndarray:
         feed = {"input_ids": ids, "attention_mask": mask, "token_type_ids": type_ids}
-        with self._lock:
-            hidden = self._request.infer({k: feed[k] for k in self._input_names})[self._output].copy()
+        hidden = self._request().infer({k: feed[k] for k in self._input_names})[self._output].copy()
         return pool_numpy(hidden, pool_mask, self.st_config.pooling_modes)
+
+    def _request(self) -> InferRequest:
+        request = getattr(self._requests, "request", None)
+        if request is None:
+            request = self._requests.request = self._model.create_infer_request()
+        return request

@@ -76,6 +76,18 @@ def test_order_preserved_across_packing(make, backend):
     np.testing.assert_allclose(together, one_by_one, atol=1e-5)
 
 
+def test_threads_embed_at_once_on_openvino(make):
+    """Each thread runs its own infer request: concurrent calls neither block nor mix their batches."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    embedder, texts = make("openvino"), chunks()
+    expected = embedder.embed(texts)
+    with ThreadPoolExecutor(max_workers=3) as pool:
+        results = list(pool.map(lambda k: embedder.embed(texts[k:]), range(3)))
+    for k, vectors in enumerate(results):
+        np.testing.assert_allclose(vectors, expected[k:], atol=1e-5)
+
+
 def test_shape_of_nothing_and_query(make):
     embedder = make("torch-fp32")
     assert embedder.embed([]).shape == (0, 384)
