@@ -135,9 +135,11 @@ def note_auto_choice(sections: list[Section]) -> None:
         return
     fastest = by_key["embedding"].data.get("fastest_ok")
     chosen = by_key["ingest"].data.get("backend")
+    query = by_key["query"].data.get("backend") if "query" in by_key else None
     if fastest and chosen:
         verdict = "the same" if fastest == chosen else f"not {fastest}, the fastest on these real chunks"
-        by_key["embedding"].notes.append(f"`auto` chose {chosen} for ingest and queries: {verdict}")
+        queries = f"; for queries (one short text per call) {query}" if query else ""
+        by_key["embedding"].notes.append(f"`auto` chose {chosen} for ingest: {verdict}{queries}")
 
 
 class Steps:

@@ -292,6 +292,7 @@ def measure_query(run: RunningStack, real_texts: Sequence[str], *, n: int, queri
         "ms",
         "DOCPIPE_SEARCH__BM25_PER_TERM 0 (max(1000, 10 k) postings per term) / -1",
     )
+    section.data["backend"] = embedder.backend
     section.notes.append(
         f"{len(qs)} queries of 4-10 words from real chunks, k={K}, backend {embedder.backend}; "
         "rerank latency is with a tiny random model, not a real cross-encoder"
