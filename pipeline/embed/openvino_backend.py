@@ -8,8 +8,12 @@ outputs and accumulation; ``openvino`` keeps fp32. Measured on a 2-core AMD EPYC
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import logging
+import sys
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
@@ -36,6 +40,31 @@ def openvino_installed() -> bool:
     return importlib.util.find_spec("openvino") is not None
 
 
+class _SignalStack(ctypes.Structure):  # Linux's stack_t
+    _fields_ = [("ss_sp", ctypes.c_void_p), ("ss_flags", ctypes.c_int), ("ss_size", ctypes.c_size_t)]
+
+
+@contextlib.contextmanager
+def calling_thread_signal_stack_kept() -> Iterator[None]:
+    """Put back the calling thread's alternate signal stack after the block (Linux).
+
+    OpenVINO 2026.4's ``compile_model`` installs an 11 KB alternate signal stack of its own on the
+    thread that calls it and does not keep it alive: Python's handlers run on the alternate stack
+    (SA_ONSTACK), so a later SIGALRM or SIGTERM was delivered onto freed memory and killed the
+    process with SIGSEGV (seen in the test suite; gdb showed SIGSEGV raised in a ``poll`` call).
+    """
+    if not sys.platform.startswith("linux"):
+        yield
+        return
+    libc = ctypes.CDLL(None, use_errno=True)
+    before = _SignalStack()
+    libc.sigaltstack(None, ctypes.byref(before))
+    try:
+        yield
+    finally:
+        libc.sigaltstack(ctypes.byref(before), None)
+
+
 class OpenVinoEmbedder(PackedEmbedder):
     """Runs the model's ONNX export with OpenVINO on the CPU; threads embed concurrently, each with its request."""
 
@@ -58,15 +87,16 @@ class OpenVinoEmbedder(PackedEmbedder):
         self.device = "cpu"
         self._input_names = graph_inputs(st_config)
         self.model_path = exported_graph(self, cache_dir, trust_remote_code=trust_remote_code)
-        self._model = openvino.Core().compile_model(
-            str(self.model_path),
-            "CPU",
-            {
-                "INFERENCE_PRECISION_HINT": precision,
-                "PERFORMANCE_HINT": "LATENCY",  # one stream: every thread on the one batch in flight
-                "INFERENCE_NUM_THREADS": threads or cpu_count(),
-            },
-        )
+        with calling_thread_signal_stack_kept():
+            self._model = openvino.Core().compile_model(
+                str(self.model_path),
+                "CPU",
+                {
+                    "INFERENCE_PRECISION_HINT": precision,
+                    "PERFORMANCE_HINT": "LATENCY",  # one stream: every thread on the one batch in flight
+                    "INFERENCE_NUM_THREADS": threads or cpu_count(),
+                },
+            )
         self._output = self._model.output("last_hidden_state")
         self._requests = threading.local()  # an infer request runs one inference at a time: one per thread
         log.info("loaded %s (%s) with OpenVINO %s", self.model_path, self.backend, openvino.__version__)

@@ -88,6 +88,24 @@ def test_threads_embed_at_once_on_openvino(make):
         np.testing.assert_allclose(vectors, expected[k:], atol=1e-5)
 
 
+def signal_stack() -> tuple[int, int, int]:
+    import ctypes
+
+    from docpipe.embed.openvino_backend import _SignalStack
+
+    stack = _SignalStack()
+    ctypes.CDLL(None).sigaltstack(None, ctypes.byref(stack))
+    return stack.ss_sp or 0, stack.ss_flags, stack.ss_size
+
+
+def test_loading_openvino_keeps_the_threads_signal_stack(minilm_dir, cache_dir):
+    """OpenVINO's compile installs a signal stack it later frees; a signal then killed the process (SIGSEGV)."""
+    before = signal_stack()
+    cfg = EmbedConfig(model=MODEL_ID, device="cpu", backend="openvino")
+    build_embedder("openvino", read_st_config(minilm_dir), cfg=cfg, device="cpu", cache_dir=cache_dir)
+    assert signal_stack() == before
+
+
 def test_shape_of_nothing_and_query(make):
     embedder = make("torch-fp32")
     assert embedder.embed([]).shape == (0, 384)
