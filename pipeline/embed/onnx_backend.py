@@ -44,9 +44,9 @@ class OnnxEmbedder(PackedEmbedder):
         self.backend = "onnx-int8" if quantize else "onnx"
         self.device = device
         self._input_names = graph_inputs(st_config)
-        path = exported_graph(self, cache_dir, trust_remote_code=trust_remote_code)
+        probe = probe_inputs(self, self._input_names)
+        path = exported_graph(self, cache_dir, probe=probe, trust_remote_code=trust_remote_code)
         if quantize:  # fused attention first, so that int8 reaches the Q/K/V projections too
-            probe = probe_inputs(self, self._input_names)
             fused = fuse_transformer(
                 path, cache_dir, name=self.name, transformer_dir=st_config.transformer_dir, probe=probe
             )
@@ -90,14 +90,15 @@ def probe_inputs(embedder: PackedEmbedder, names: list[str]) -> dict[str, np.nda
     return {k: arrays[k] for k in names}
 
 
-def exported_graph(embedder: PackedEmbedder, cache_dir: Path, *, trust_remote_code: bool) -> Path:
-    """The cached fp32 ONNX export of the embedder's transformer (exported now if missing)."""
-    st_config = embedder.st_config
+def exported_graph(
+    embedder: PackedEmbedder, cache_dir: Path, *, probe: dict[str, np.ndarray], trust_remote_code: bool
+) -> Path:
+    """The cached fp32 ONNX export of the embedder's transformer (exported now, checked on `probe`, if missing)."""
     return export_fp32(
-        st_config.transformer_dir,
+        embedder.st_config.transformer_dir,
         cache_dir,
         name=embedder.name,
-        probe=probe_inputs(embedder, graph_inputs(st_config)),
+        probe=probe,
         trust_remote_code=trust_remote_code,
     )
 

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Literal
 import numpy as np
 
 from docpipe.embed.base import PackedEmbedder
-from docpipe.embed.onnx_backend import exported_graph, graph_inputs
+from docpipe.embed.onnx_backend import exported_graph, graph_inputs, probe_inputs
 from docpipe.embed.pooling import pool_numpy
 from docpipe.embed.runtime import cpu_count
 from docpipe.embed.st_config import StModelConfig
@@ -86,7 +86,8 @@ class OpenVinoEmbedder(PackedEmbedder):
         self.backend = "openvino-bf16" if precision == "bf16" else "openvino"
         self.device = "cpu"
         self._input_names = graph_inputs(st_config)
-        self.model_path = exported_graph(self, cache_dir, trust_remote_code=trust_remote_code)
+        probe = probe_inputs(self, self._input_names)
+        self.model_path = exported_graph(self, cache_dir, probe=probe, trust_remote_code=trust_remote_code)
         with calling_thread_signal_stack_kept():
             self._model = openvino.Core().compile_model(
                 str(self.model_path),
